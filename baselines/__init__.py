@@ -1,0 +1,1 @@
+"""The baseline multimodal VAEs, one readable file each (installed as ``shala_bench.baselines``)."""

@@ -1,0 +1,111 @@
+"""MVAE — product-of-experts multimodal VAE (Wu & Goodman, NeurIPS 2018).
+
+Card
+----
+Paper: M. Wu, N. Goodman, "Multimodal Generative Models for Scalable Weakly-Supervised
+Learning", NeurIPS 2018.
+Posterior: q(z | X_S) ∝ p(z) Π_{m∈S} q̃(z | x_m), a product of Gaussian experts that
+includes the prior expert, in closed form for every subset S.
+Objective (sub-sampled training, the paper's eq. 5): for each batch
+    L = ELBO(X_{1..M}) + Σ_m ELBO(x_m) + Σ_{j=1..J} ELBO(X_{S_j}),
+    ELBO(X_S) = E_{q(z|X_S)}[Σ_{m∈S} log p(x_m | z)] − β KL(q(z|X_S) || N(0, I)),
+with J = `mvae_subsets` random subsets, drawn per sample (vectorised as masks).
+Likelihood: Laplace with scale 0.75 for images, as in MoPoE / MMVAE+ (the paper used
+Bernoulli on MNIST).
+`paper` profile: the MoPoE PolyMNIST recipe for MVAE (shared with every model).
+Known differences from the reference code: no KL annealing (β fixed by the protocol,
+as for every model here); harness backbones instead of the paper's MLPs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from shala_bench.backbones import make_decoders, make_encoders
+from shala_bench.contract import MultimodalVAE
+from shala_bench.distributions import kl_to_standard_normal, product_of_experts, reparameterize
+from shala_bench.hookspecs import hookimpl
+from shala_bench.registry import ModelEntry
+
+
+class MVAE(MultimodalVAE):
+    def __init__(self, spec, protocol):
+        super().__init__(spec, protocol)
+        D = protocol.latent_dim
+        self.encoders = make_encoders(spec.modalities, D)
+        self.decoders = make_decoders(spec.modalities, D)
+
+    def experts(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
+        names = self.check_subset(x)
+        stats = [self.encoders[m](x[m]) for m in names]
+        mu = torch.stack([s[0] for s in stats])  # (|S|, B, D)
+        logvar = torch.stack([s[1] for s in stats])
+        return mu, logvar, names
+
+    def posterior(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        mu, logvar, _ = self.experts(x)
+        return product_of_experts(mu, logvar)
+
+    def elbo(self, x: dict[str, Tensor], mu_e: Tensor, logvar_e: Tensor, mask: Tensor, decoded: list[int]) -> Tensor:
+        """Per-sample ELBO of the subset given by mask (M, B) or (M,): reconstruct only what is observed.
+
+        `decoded` lists the modality indices that can be observed in the mask, so no
+        decoder runs for a modality that is masked out everywhere.
+        """
+        mu, logvar = product_of_experts(mu_e, logvar_e, mask)
+        z = reparameterize(mu, logvar)
+        rec = 0.0
+        for i in decoded:
+            m = self.modalities[i]
+            rec = rec + mask[i].to(z.dtype) * self.log_likelihood(m, x[m], self.decoders[m](z))
+        return rec - self.protocol.beta * kl_to_standard_normal(mu, logvar)
+
+    def elbo_terms(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+        mu_e, logvar_e, _ = self.experts(x)  # all M experts, encoded once
+        M, B = mu_e.shape[0], mu_e.shape[1]
+        dev = mu_e.device
+        every = list(range(M))
+        terms = {"joint": self.elbo(x, mu_e, logvar_e, torch.ones(M, device=dev), every)}
+        eye = torch.eye(M, device=dev)
+        terms["unimodal"] = sum(self.elbo(x, mu_e, logvar_e, eye[i], [i]) for i in range(M))
+        if M > 2:
+            for _ in range(self.protocol.mvae_subsets):
+                # a random subset per sample with 2 <= |S| <= M-1 (joint and unimodal are counted already)
+                k = torch.randint(2, M, (B,), device=dev)
+                ranks = torch.rand(M, B, device=dev).argsort(0).argsort(0)
+                mask = (ranks < k).float()
+                terms["subsets"] = terms.get("subsets", 0.0) + self.elbo(x, mu_e, logvar_e, mask, every)
+        return terms
+
+    # ------------------------------------------------------------ contract
+    def loss(self, batch, stage="vae"):
+        terms = self.elbo_terms(batch)
+        total = sum(terms.values())
+        logs = {f"elbo_{k}": v.mean().detach() for k, v in terms.items()}
+        return -total.mean(), logs
+
+    def negative_bound(self, batch):
+        mu, logvar = self.posterior(batch)
+        z = reparameterize(mu, logvar)
+        rec = sum(self.log_likelihood(m, batch[m], self.decoders[m](z)) for m in self.modalities)
+        return -(rec - kl_to_standard_normal(mu, logvar))
+
+    def encode(self, x):
+        return self.posterior(x)[0]
+
+    def decode(self, z, modalities=None):
+        return {m: self.decoders[m](z) for m in (modalities or self.modalities)}
+
+    def sample(self, n):
+        z = torch.randn(n, self.protocol.latent_dim, device=self.device)
+        return self.decode(z)
+
+    def generate(self, x_subset, targets):
+        z = reparameterize(*self.posterior(x_subset))
+        return self.decode(z, list(targets))
+
+
+@hookimpl
+def shala_bench_register_models():
+    return [ModelEntry("mvae", MVAE, __doc__)]

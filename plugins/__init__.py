@@ -1,0 +1,1 @@
+"""The method under study, ShaLa (installed as ``shala_bench.plugins``)."""

@@ -1,0 +1,1 @@
+"""One module per `shala-bench` subcommand, each with `add_parser(sub)`."""

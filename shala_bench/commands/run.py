@@ -1,0 +1,50 @@
+"""`shala-bench run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registered model name (see `shala-bench list models`)")
+    p.add_argument("--dataset", default="polymnist-synth", help="registered dataset (default: %(default)s)")
+    p.add_argument("--profile", default="quick",
+                   help="protocol profile: smoke (seconds, tests), quick (minutes on a CPU), paper (published recipe)"
+                        " (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a protocol field, type-checked (repeatable); changes the protocol hash")
+    p.add_argument("--results", default="runs", help="results folder for records and checkpoints (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if it has one")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_run(args) -> int:
+    from shala_bench.launch import RunSpec, run_one
+    from shala_bench.protocol import parse_overrides
+
+    spec = RunSpec(model=args.model, dataset=args.dataset, profile=args.profile, seed=args.seed,
+                   overrides=tuple(parse_overrides(args.overrides).items()), results=args.results,
+                   resume=args.resume, device=args.device, progress=not args.no_progress)
+    rec = run_one(spec)
+    path = Path(args.results) / rec.dataset / rec.model / rec.run_id / "record.json"
+    if not rec.ok:
+        print(f"shala-bench: run {rec.run_id} {rec.status} (record: {path})", file=sys.stderr)
+        return 1
+    m = rec.metrics
+    keys = [k for k in ("coherence_joint", "coherence_cond_mean", "classifier_acc_min") if k in m]
+    summary = ", ".join(f"{k}={m[k]:.3f}" for k in keys)
+    print(f"{rec.model} on {rec.dataset} (seed {rec.seed}, M={rec.n_modalities}, protocol {rec.protocol_hash[:12]}): "
+          f"{summary}; train {rec.timings.get('train_s', 0):.0f}s, eval {rec.timings.get('eval_s', 0):.0f}s")
+    print(f"record: {path}")
+    return 0
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="train and evaluate one model on one dataset; writes a run record",
+                       description="Train one model under a protocol profile, evaluate it and write "
+                               "<results>/<dataset>/<model>/<run_id>/record.json (run_id = seed, M, protocol hash).")
+    add_run_args(p)
+    p.set_defaults(func=cmd_run)

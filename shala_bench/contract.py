@@ -1,0 +1,99 @@
+"""The plugin contract every model implements, so every metric and trainer works on every model.
+
+A model sees only what the papers say it differs in: posterior aggregation, objective,
+latent structure and prior. Its per-modality encoders and decoders come from the
+harness (`shala_bench.backbones`), chosen by modality kind and identical for all models.
+
+Batches are ``dict[modality, Tensor]`` of floats (images in [0, 1]); ``encode`` and
+``generate`` accept any non-empty subset of the dataset's modalities.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from shala_bench.data.spec import DatasetSpec
+from shala_bench.distributions import laplace_log_prob
+from shala_bench.errors import ProtocolError
+from shala_bench.protocol import Protocol
+
+
+class MultimodalVAE(nn.Module):
+    #: Ordered training stages; the trainer runs them in this order.
+    stages: tuple[str, ...] = ("vae",)
+    #: Name of the bound `loss` optimises (shown beside the test-set value in records).
+    bound_name: str = "elbo"
+
+    def __init__(self, spec: DatasetSpec, protocol: Protocol):
+        super().__init__()
+        self.spec = spec
+        self.protocol = protocol
+        self.modalities: list[str] = spec.names
+
+    # ------------------------------------------------------------ the contract
+    def loss(self, batch: dict[str, Tensor], stage: str = "vae") -> tuple[Tensor, dict[str, Tensor]]:
+        """The model's own training objective for `stage`: (scalar to minimise, logs)."""
+        raise NotImplementedError
+
+    def encode(self, x: dict[str, Tensor]) -> Tensor:
+        """Shared latent (posterior mean) from any non-empty subset of modalities. (B, D)"""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor, modalities: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Means of the likelihoods of `modalities` (default all) given shared latents z."""
+        raise NotImplementedError
+
+    def sample(self, n: int) -> dict[str, Tensor]:
+        """Joint (unconditional) generation of all modalities from the model's prior."""
+        raise NotImplementedError
+
+    def generate(self, x_subset: dict[str, Tensor], targets: Iterable[str]) -> dict[str, Tensor]:
+        """Cross-modal generation of `targets` given the observed subset."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ optional hooks
+    def stage_parameters(self, stage: str) -> list[nn.Parameter]:
+        """Parameters optimised in `stage` (default: all)."""
+        return list(self.parameters())
+
+    def begin_stage(self, stage: str) -> None:
+        """Called before a stage trains (e.g. to freeze the stage-1 networks)."""
+
+    def negative_bound(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-sample negative value of the model's bound on log p(x_1..x_M) (for the test-set metric)."""
+        value, _ = self.loss(batch, "vae")
+        return value.expand(next(iter(batch.values())).shape[0])
+
+    # ------------------------------------------------------------ shared helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_subset(self, x: dict[str, Tensor]) -> list[str]:
+        names = [m for m in self.modalities if m in x]
+        unknown = set(x) - set(self.modalities)
+        if unknown or not names:
+            raise ProtocolError(f"expected a non-empty subset of {self.modalities}, got {sorted(x)}")
+        return names
+
+    def log_likelihood(self, name: str, x: Tensor, mean: Tensor) -> Tensor:
+        """log p(x_m | z) per sample, for the modality's likelihood; mean may have extra leading dims."""
+        lik = self.spec.modality(name).likelihood
+        if lik == "laplace":
+            return laplace_log_prob(x, mean, self.protocol.likelihood_scale)
+        if lik == "gaussian":
+            from shala_bench.distributions import LOG2PI
+
+            lp = -0.5 * ((x - mean).pow(2) + LOG2PI)
+            return lp.flatten(start_dim=mean.dim() - x.dim() + 1).sum(-1)
+        if lik == "bernoulli":
+            lp = -nn.functional.binary_cross_entropy_with_logits(mean, x.expand_as(mean), reduction="none")
+            return lp.flatten(start_dim=mean.dim() - x.dim() + 1).sum(-1)
+        if lik == "categorical":  # x: (B, L) token ids, mean: (..., B, L, V) logits
+            logp = mean.log_softmax(-1)
+            idx = x.long().expand(mean.shape[:-1]).unsqueeze(-1)
+            return logp.gather(-1, idx).squeeze(-1).flatten(start_dim=mean.dim() - x.dim()).sum(-1)
+        raise ProtocolError(f"unknown likelihood {lik!r} for modality {name}")

@@ -1,0 +1,1 @@
+"""Metric plugins and the harness networks they use (per-modality classifiers)."""

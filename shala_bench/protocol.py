@@ -1,0 +1,168 @@
+"""The protocol: one frozen, hashed set of numbers per (dataset, profile).
+
+Every model trained under a protocol sees the same data, networks, budget and
+evaluation. The settings of all models live in the one protocol (a model ignores the
+ones that are not its own), so every model run under a profile carries the same hash
+and `compare` can rank them together; a `--set` override changes the hash of the runs
+it touches, and those are then never ranked against the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from shala_bench.errors import ProtocolError, close_matches
+
+# Bump when the meaning of any field or of the evaluation changes.
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Protocol:
+    dataset: str
+    profile: str
+    protocol_version: int = PROTOCOL_VERSION
+
+    # --- data
+    n_modalities: int = 5
+    data_seed: int = 0
+    n_train: int = 10000
+    n_val: int = 500
+    n_test: int = 2000
+
+    # --- shared training recipe (identical for every model)
+    latent_dim: int = 32
+    batch_size: int = 128
+    steps: int = 1000  # optimizer steps of the "vae" stage
+    lr: float = 1e-3
+    beta: float = 1.0
+    likelihood_scale: float = 0.75  # Laplace scale of image likelihoods (MoPoE, MMVAE+)
+    grad_clip: float = 0.0  # 0 = off
+    checkpoint_every: int = 250
+    log_every: int = 25
+
+    # --- model-specific settings (each model reads only its own)
+    mvae_subsets: int = 1  # random-subset ELBOs per step besides joint + unimodal (Wu & Goodman)
+    iwae_k: int = 4  # importance samples of MMVAE and MMVAE+
+    w_dim: int = 32  # modality-specific latent size of MMVAE+
+    shala_embed_dim: int = 64  # ShaLa fusion width
+    shala_modality_dropout: float = 0.5
+    prior_steps: int = 1000  # optimizer steps of ShaLa's "prior" stage
+    prior_lr: float = 1e-3
+    diffusion_T: int = 1000
+    sample_steps: int = 50
+    guidance_scale: float = 1.0
+    cond_dropout: float = 0.2
+
+    # --- evaluation
+    classifier_epochs: int = 3
+    classifier_batch: int = 256
+    eval_n: int = 1000  # test tuples for conditional coherence and probes
+    joint_n: int = 1000  # unconditional samples for joint coherence
+    max_subsets_per_k: int = 10  # when M > 5, a seeded sample of subsets per size k
+    fid_n: int = 0  # Inception-FID samples; 0 = off
+    fd_n: int = 1000  # in-domain Frechet-distance samples
+
+    # --- numerics (recorded; off by default)
+    bf16: bool = False
+    compile: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:12]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Profile defaults shared by every dataset; a dataset plugin adds its own on top.
+PROFILES: dict[str, dict] = {
+    # Seconds: for tests. Numbers are too small to mean anything.
+    "smoke": dict(n_train=256, n_val=32, n_test=64, batch_size=32, steps=6, checkpoint_every=3, log_every=2,
+                  prior_steps=6, diffusion_T=50, sample_steps=5, classifier_epochs=1, eval_n=64, joint_n=64,
+                  fd_n=64, iwae_k=2),
+    # Minutes on a 2-core CPU.
+    "quick": dict(),
+    # The published recipe, for GPUs.
+    "paper": dict(),
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
+_FIXED = {"dataset", "profile", "protocol_version"}
+
+
+def _coerce(key: str, raw: str):
+    typ = FIELDS[key].type
+    typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
+    try:
+        if typ is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        raise ProtocolError(f"--set {key}={raw}: expected {typ.__name__}") from None
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """['steps=10', 'beta=2.5'] -> {'steps': 10, 'beta': 2.5}, type-checked against Protocol."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ProtocolError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if key not in FIELDS or key in _FIXED:
+            raise ProtocolError(f"--set {key}: unknown protocol key" + close_matches(key, set(FIELDS) - _FIXED))
+        out[key] = _coerce(key, raw)
+    return out
+
+
+def make_protocol(dataset_entry, profile: str, overrides: dict | None = None) -> Protocol:
+    """Defaults <- harness profile <- dataset profile <- user overrides; validated and frozen."""
+    profiles = dataset_entry.profiles
+    if profile not in profiles:
+        from shala_bench.errors import UnknownNameError
+
+        raise UnknownNameError(f"unknown profile {profile!r} for dataset {dataset_entry.name}" + close_matches(profile, profiles))
+    values = {**PROFILES.get(profile, {}), **profiles[profile], **(overrides or {})}
+    for key in values:
+        if key not in FIELDS or key in _FIXED:
+            raise ProtocolError(f"unknown protocol key {key!r}" + close_matches(key, set(FIELDS) - _FIXED))
+    proto = Protocol(dataset=dataset_entry.name, profile=profile, **values)
+    validate(proto, dataset_entry)
+    return proto
+
+
+def validate(p: Protocol, dataset_entry=None) -> None:
+    positive = ["n_modalities", "n_train", "n_test", "latent_dim", "batch_size", "steps", "checkpoint_every",
+                "log_every", "iwae_k", "diffusion_T", "sample_steps", "eval_n", "joint_n", "classifier_epochs"]
+    for k in positive:
+        if getattr(p, k) <= 0:
+            raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
+    for k in ("lr", "likelihood_scale"):
+        if not getattr(p, k) > 0:
+            raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
+    for k in ("shala_modality_dropout", "cond_dropout"):
+        if not 0.0 <= getattr(p, k) < 1.0:
+            raise ProtocolError(f"{k} must be in [0, 1), got {getattr(p, k)}")
+    lo, hi = getattr(dataset_entry, "modality_range", (1, 10**6))
+    if not lo <= p.n_modalities <= hi:
+        raise ProtocolError(f"n_modalities={p.n_modalities} not supported by {p.dataset}: use {lo}..{hi}")

@@ -1,0 +1,107 @@
+"""One registry object: a pluggy plugin manager over the ``shala_bench`` entry-point group."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from shala_bench import hookspecs
+from shala_bench.errors import UnknownNameError, close_matches
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., Any]  # (spec, protocol) -> MultimodalVAE
+    card: str  # the model card; its first line is the one-line description
+
+    @property
+    def description(self) -> str:
+        return self.card.strip().splitlines()[0] if self.card.strip() else ""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    loader: Callable[..., Any]  # (protocol, cache_dir) -> LoadedDataset
+    description: str
+    profiles: dict = field(default_factory=dict)  # profile -> protocol overrides
+    modality_range: tuple[int, int] = (1, 10**6)
+    prepare: Callable[..., Any] | None = None  # (root, cache_dir) for datasets built from local files
+    info: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    name: str
+    compute: Callable[..., dict]  # (EvalContext) -> dict
+    description: str
+    order: int = 100  # evaluation order: cheap and prerequisite metrics first
+
+
+@dataclass(frozen=True)
+class Registered:
+    entry: Any
+    source: str  # the distribution (and version) that registered it
+
+
+class Registry:
+    def __init__(self, load_entrypoints: bool = True, plugins=()):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        if load_entrypoints:
+            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        for p in plugins:
+            self.pm.register(p)
+
+    def _collect(self, hook_name: str) -> dict[str, Registered]:
+        sources = {id(p): f"{d.project_name} {d.version}" for p, d in self.pm.list_plugin_distinfo()}
+        out: dict[str, Registered] = {}
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            src = sources.get(id(impl.plugin), f"local:{impl.plugin_name}")
+            for entry in impl.function() or []:
+                if entry.name in out:
+                    raise UnknownNameError(f"{entry.name!r} registered twice ({out[entry.name].source} and {src})")
+                out[entry.name] = Registered(entry, src)
+        return dict(sorted(out.items()))
+
+    @functools.cached_property
+    def models(self) -> dict[str, Registered]:
+        return self._collect("shala_bench_register_models")
+
+    @functools.cached_property
+    def datasets(self) -> dict[str, Registered]:
+        return self._collect("shala_bench_register_datasets")
+
+    @functools.cached_property
+    def metrics(self) -> dict[str, Registered]:
+        return self._collect("shala_bench_register_metrics")
+
+    @staticmethod
+    def _get(table: dict, kind: str, name: str):
+        if name not in table:
+            raise UnknownNameError(f"unknown {kind} {name!r}" + close_matches(name, table))
+        return table[name].entry
+
+    def get_model(self, name: str) -> ModelEntry:
+        return self._get(self.models, "model", name)
+
+    def get_dataset(self, name: str) -> DatasetEntry:
+        return self._get(self.datasets, "dataset", name)
+
+    def get_metric(self, name: str) -> MetricEntry:
+        return self._get(self.metrics, "metric", name)
+
+    def list(self, kind: str, pattern: str = "*") -> dict[str, Registered]:
+        table = {"models": self.models, "datasets": self.datasets, "metrics": self.metrics}[kind]
+        return {k: v for k, v in table.items() if fnmatch.fnmatch(k, pattern)}
+
+
+@functools.lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    return Registry()

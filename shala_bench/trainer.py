@@ -1,0 +1,206 @@
+"""The trainer: runs a model's stages in order, with checkpoints, exact resume and NaN guards.
+
+Determinism: the batch of step s is a pure function of (seed, stage, s) — each epoch is a
+seeded permutation — so a resumed run draws exactly the batches an uninterrupted one
+would. The model's own noise comes from torch's global RNG, whose state is saved in every
+checkpoint. The loss is checked for NaN/inf on the device and read back only at log and
+checkpoint steps, so the hot loop has no per-step host sync.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from shala_bench.contract import MultimodalVAE
+from shala_bench.data.spec import Split, to_float
+from shala_bench.errors import CheckpointError
+from shala_bench.protocol import Protocol
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, stage: str):
+        super().__init__(f"nan at step {step}")
+        self.step, self.stage = step, stage
+
+
+class Preempted(RuntimeError):
+    """Raised after a checkpoint was written because the scheduler asked the job to stop."""
+
+
+@dataclass
+class TrainState:
+    completed: list[str] = field(default_factory=list)  # stages finished
+    stage: str | None = None
+    step: int = 0  # steps done in `stage`
+    seconds: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0
+
+
+def stage_budget(protocol: Protocol, stage: str) -> tuple[int, float]:
+    """(optimizer steps, learning rate) of a stage."""
+    if stage == "vae":
+        return protocol.steps, protocol.lr
+    return getattr(protocol, f"{stage}_steps"), getattr(protocol, f"{stage}_lr", protocol.lr)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # any unreadable file is the user's to fix, not a traceback
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+
+
+class BatchStream:
+    """Seeded epoch permutations over an in-memory split; batch(s) depends only on (seed, stage, s)."""
+
+    def __init__(self, split: Split, batch_size: int, seed: int, stage_index: int, device):
+        self.split = split.to(device)
+        self.n = len(split)
+        self.bs = min(batch_size, self.n)
+        self.per_epoch = self.n // self.bs
+        self.seed, self.stage_index, self.device = seed, stage_index, device
+        self._epoch, self._perm = -1, None
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.stage_index * 10_007 + epoch) % (2**63))
+            self._perm = torch.randperm(self.n, generator=g).to(self.device)
+            self._epoch = epoch
+        idx = self._perm[pos * self.bs:(pos + 1) * self.bs]
+        return {m: to_float(v[idx]) for m, v in self.split.data.items()}
+
+
+class Trainer:
+    def __init__(self, model: MultimodalVAE, protocol: Protocol, train: Split, run_dir: Path, seed: int,
+                 device="cpu", progress: bool = True):
+        self.model, self.protocol, self.train = model, protocol, train
+        self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
+        self.progress = progress
+        self.state = TrainState()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.stop_requested = False  # set by a signal handler (preemption): checkpoint, then stop
+        self.step_seconds: list[float] = []
+
+    # ------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        atomic_torch_save({
+            "protocol_hash": self.protocol.hash,
+            "seed": self.seed,
+            "state": {"completed": list(self.state.completed), "stage": self.state.stage, "step": self.state.step,
+                      "seconds": dict(self.state.seconds), "restarts": self.state.restarts},
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+            "rng": rng,
+        }, self.checkpoint_path)
+
+    def restore(self, path: Path | None = None) -> bool:
+        path = Path(path or self.checkpoint_path)
+        if not path.exists():
+            return False
+        ck = load_checkpoint(path)
+        if ck.get("protocol_hash") != self.protocol.hash or ck.get("seed") != self.seed:
+            raise CheckpointError(f"checkpoint {path} belongs to another protocol or seed; use a new results folder")
+        try:
+            self.model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0][:160]}") from None
+        s = ck["state"]
+        self.state = TrainState(list(s["completed"]), s["stage"], int(s["step"]), dict(s["seconds"]),
+                                int(s["restarts"]) + 1)
+        self._pending_optimizer = ck["optimizer"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        if "cuda" in ck["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        return True
+
+    # ------------------------------------------------------------ training
+    def fit(self, resume: bool = False) -> TrainState:
+        torch.manual_seed(self.seed)
+        self._pending_optimizer = None
+        if resume:
+            self.restore()
+        self.model.to(self.device)
+        for i, stage in enumerate(self.model.stages):
+            if stage in self.state.completed:
+                continue
+            self._run_stage(i, stage)
+        return self.state
+
+    def _run_stage(self, stage_index: int, stage: str) -> None:
+        p = self.protocol
+        steps, lr = stage_budget(p, stage)
+        self.model.begin_stage(stage)
+        self.optimizer = torch.optim.Adam(self.model.stage_parameters(stage), lr=lr)
+        start = 0
+        if self.state.stage == stage and self._pending_optimizer:
+            self.optimizer.load_state_dict(self._pending_optimizer)
+            start = self.state.step
+        self._pending_optimizer = None
+        self.state.stage, self.state.step = stage, start
+        stream = BatchStream(self.train, p.batch_size, self.seed, stage_index, self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        params = [q for g in self.optimizer.param_groups for q in g["params"]]
+        self.model.train()
+        bar = tqdm(total=steps, initial=start, desc=f"{self.model.__class__.__name__}:{stage}", unit="step",
+                   disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+        t_stage = time.perf_counter()
+        done_before = self.state.seconds.get(stage, 0.0)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=p.bf16)
+        for step in range(start, steps):
+            batch = stream.batch(step)
+            with autocast:
+                loss, logs = self.model.loss(batch, stage)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if p.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
+            self.optimizer.step()
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+            self.state.step = step + 1
+            last = step + 1 == steps
+            if (step + 1) % p.log_every == 0 or last:
+                if int(first_bad) >= 0:  # the only host sync: once per log interval
+                    bar.close()
+                    raise NonFiniteLoss(int(first_bad), stage)
+                bar.set_postfix(loss=f"{float(loss.detach()):.1f}", refresh=False)
+            bar.update(1)
+            if (step + 1) % p.checkpoint_every == 0 or last or self.stop_requested:
+                if int(first_bad) >= 0:
+                    bar.close()
+                    raise NonFiniteLoss(int(first_bad), stage)
+                self.state.seconds[stage] = done_before + time.perf_counter() - t_stage
+                if last:
+                    self.state.completed.append(stage)
+                self.save()
+                if self.stop_requested and not last:
+                    bar.close()
+                    raise Preempted(f"stopped at {stage} step {step + 1} on request; checkpoint written")
+        bar.close()
+        self.model.eval()
