@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from shala_bench.cli import main
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--model", "mvea", "--profile", "smoke"], "unknown model 'mvea' (did you mean mvae?)"),
+    (["run", "--model", "mvae", "--dataset", "polymnist-synt"], "unknown dataset 'polymnist-synt'"),
+    (["run", "--model", "mvae", "--set", "stepz=3"], "--set stepz: unknown protocol key (did you mean steps"),
+    (["run", "--model", "mvae", "--set", "steps=many"], "--set steps=many: expected int"),
+    (["run", "--model", "mvae", "--set", "steps"], "expected key=value"),
+    (["run", "--model", "mvae", "--profile", "huge"], "unknown profile 'huge'"),
+    (["run", "--model", "mvae", "--set", "n_modalities=40"], "n_modalities=40 not supported"),
+])
+def test_bad_input_is_one_line_nonzero_and_no_record(argv, needle, tmp_path, capsys):
+    code, out, err = _run(argv + ["--results", str(tmp_path)], capsys)
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("record.json"))
+
+
+def test_unreadable_checkpoint_is_one_line_and_no_record(tmp_path, capsys):
+    args = ["run", "--model", "mvae", "--profile", "smoke", "--results", str(tmp_path), "--no-progress"]
+    assert _run(args, capsys)[0] == 0
+    (rec,) = tmp_path.rglob("record.json")
+    rec.unlink()
+    (ck,) = tmp_path.rglob("checkpoint.pt")
+    ck.write_bytes(b"not a checkpoint")
+    code, out, err = _run(args + ["--resume"], capsys)
+    assert code == 2 and "cannot read checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("record.json"))
+
+
+def test_run_then_compare_prints_and_writes_markdown(tmp_path, capsys):
+    for seed in (0, 1):
+        code, out, _ = _run(["run", "--model", "mvae", "--profile", "smoke", "--seed", str(seed), "--results",
+                             str(tmp_path / "runs"), "--no-progress"], capsys)
+        assert code == 0 and "record:" in out
+    code, out, _ = _run(["compare", "--results", str(tmp_path / "runs"), "--out", str(tmp_path / "lb")], capsys)
+    assert code == 0
+    page = (tmp_path / "lb" / "polymnist-synth.md").read_text()
+    assert "| mvae" in page and " 2 " in page.split("| mvae", 1)[1].splitlines()[0]
+    assert "coherence_joint" in out
+
+
+def test_help_of_every_subcommand_explains_itself():
+    from shala_bench.cli import COMMANDS
+
+    top = subprocess.run([sys.executable, "-m", "shala_bench.cli", "--help"], capture_output=True, text=True)
+    assert top.returncode == 0 and "protocol" in top.stdout
+    for name in COMMANDS:
+        res = subprocess.run([sys.executable, "-m", "shala_bench.cli", name, "--help"], capture_output=True, text=True)
+        assert res.returncode == 0 and "usage: shala-bench " + name in res.stdout, name
+
+
+def test_list_shows_source_and_description(capsys):
+    code, out, _ = _run(["list"], capsys)
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("mvae "))
+    assert "shala-bench" in line and "Wu & Goodman" in line
+    assert "polymnist-synth" in out and "coherence_joint" in out
