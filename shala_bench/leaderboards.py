@@ -1,95 +1,557 @@
-"""Tables from run records: mean ± std over seeds, best in bold, one table per protocol.
+"""Tables and modality-scaling curves from run records; the generated leaderboard pages.
 
-Records are the only input; the Markdown is a view of them (never typed by hand).
-Rows with different protocol hashes are never ranked together.
+Records are the only input; every table and plot is a view of them (never typed by hand):
+
+- ``compare_tables``: one table per (dataset, M, protocol hash): mean ± std over seeds, the
+  number of seeds, the best in bold and a mark where the best beats the runner-up beyond seed
+  noise. Rows with different protocol hashes are never ranked together.
+- ``scaling``: per *protocol family* (the protocol without ``n_modalities``, so the runs of one
+  sweep over M belong together), each metric vs the number of modalities M a model was trained
+  with, and conditional coherence vs the number k of given modalities at the largest M.
+- ``write_leaderboards``: ``<out>/README.md`` (an index) and ``<out>/<dataset>.md`` with the
+  tables and the PNG plots, byte-identical when run twice on the same records.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from shala_bench.results import RunRecord, atomic_write_text
+from shala_bench.results import RECORD, RunRecord, atomic_write_text, read_record
 
-# Columns shown by default, in order; any other numeric metric can be asked for by name.
-DEFAULT_METRICS = ["coherence_joint", "coherence_cond_mean", "coherence_cond_k1", "coherence_cond_k2",
-                   "coherence_cond_k3", "coherence_cond_k4", "fd_mean", "fid_mean", "probe_all", "test_nll"]
-LOWER_IS_BETTER = ("fd_", "fid", "test_nll", "nll")
+# Columns of a per-M table by default, in order (those present in the records); more with --metric.
+DEFAULT_METRICS = ["coherence_joint", "coherence_cond_mean", "fd_mean", "fid_mean", "probe_all", "test_nll"]
+# The modality-scaling curves: y-axis metric vs M.
+SCALING_METRICS = ["coherence_cond_mean", "coherence_joint", "fd_mean"]
+LOWER_IS_BETTER = ("fd_", "fid", "test_nll", "nll", "test_nelbo", "nelbo")
+BOUND_SUFFIX = "_bound"  # metric "<m>_bound" (a string) names the bound that metric <m> evaluates
+
+ALPHA = 0.05  # one-sided Welch's t-test level of the significance mark
+SIG_MARK = "†"
+QUICK_FID_MARK = "‡"
+LEGEND = (
+    "Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). "
+    "**Bold**: the best mean of the column (↑ higher is better, ↓ lower is better). "
+    f"{SIG_MARK}: the best is better than the runner-up beyond seed noise — one-sided Welch's t-test over seeds "
+    f"(`scipy.stats.ttest_ind(equal_var=False)`), p < {ALPHA}, tested only where both have ≥ 2 seeds. "
+    "Rows with different protocol hashes are never ranked together; a bound (e.g. test_nll) is ranked only "
+    "against the same bound, named in brackets."
+)
+_K_METRIC = re.compile(r"^coherence_cond_k(\d+)$")
 
 
 def lower_is_better(metric: str) -> bool:
     return metric.startswith(LOWER_IS_BETTER)
 
 
+def arrow(metric: str) -> str:
+    return "↓" if lower_is_better(metric) else "↑"
+
+
+def family_hash(protocol: dict) -> str:
+    """Hash of the protocol without ``n_modalities`` (canonical JSON as in Protocol.to_json)."""
+    rest = {k: v for k, v in protocol.items() if k != "n_modalities"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------- records -> frame
+META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protocol_hash", "family_hash"]
+
+
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per ok record: META columns and every numeric metric (others are dropped)."""
     rows = []
-    for r in records:
-        if not r.ok:
-            continue
+    # One record per (dataset, model, protocol, seed): the latest (a re-evaluation supersedes the first).
+    latest: dict[tuple, RunRecord] = {}
+    for r in sorted((r for r in records if r.ok), key=lambda r: (r.created, r.run_id)):
+        latest[(r.dataset, r.model, r.protocol_hash, r.seed)] = r
+    for r in latest.values():
         row = {"dataset": r.dataset, "model": r.model, "seed": r.seed, "M": r.n_modalities, "profile": r.profile,
-               "protocol_hash": r.protocol_hash[:12]}
-        row.update({k: v for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+               "protocol_version": r.protocol.get("protocol_version", 0), "protocol_hash": r.protocol_hash,
+               "family_hash": family_hash(r.protocol)}
+        row.update({k: float(v) for k, v in r.metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        # The name of the bound behind a bound-valued metric (test_nll -> test_nll_bound = "elbo", ...).
+        row.update({k: v for k, v in r.metrics.items() if k.endswith(BOUND_SUFFIX) and isinstance(v, str)})
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=META if not rows else None)
+    return df.sort_values(["dataset", "model", "M", "seed", "protocol_hash"], kind="stable").reset_index(drop=True)
 
 
-def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """One row per model: mean and std (ddof=1; 0 for one seed) of each metric, and the seed count."""
-    g = df.groupby("model", sort=True)
-    out = pd.DataFrame({"seeds": g["seed"].nunique()})
+# ----------------------------------------------------------------- statistics
+@dataclass
+class Cell:
+    """Summary of one metric of one model over its seeds."""
+
+    values: tuple[float, ...]
+    best: bool = False
+    significant: bool = False  # the best, and beyond seed noise vs the runner-up
+    bound: str = ""  # for a bound-valued metric: the name of the bound, ranked only against the same bound
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        # Sample standard deviation over seeds (ddof=1); undefined for one seed.
+        return float(np.std(self.values, ddof=1)) if self.n >= 2 else math.nan
+
+
+def cell(values) -> Cell:
+    return Cell(tuple(float(v) for v in values if v is not None and not math.isnan(float(v))))
+
+
+def welch_better(best: Cell, other: Cell, lower: bool) -> bool:
+    """One-sided Welch's t-test: is `best` better than `other` at level ALPHA? Needs >= 2 seeds each."""
+    from scipy.stats import ttest_ind
+
+    if best.n < 2 or other.n < 2:
+        return False
+    with warnings.catch_warnings():  # identical seeds warn about precision loss; the p-value says enough
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = ttest_ind(best.values, other.values, equal_var=False, alternative="less" if lower else "greater")
+    return bool(res.pvalue < ALPHA)  # NaN (e.g. two constant, equal samples) -> False
+
+
+def rank(cells: dict[str, Cell], lower: bool) -> None:
+    """Mark the best cell(s) (ties share it) and whether the best beats the runner-up beyond seed noise."""
+    scored = {k: c for k, c in cells.items() if c.n}
+    if len(scored) < 2:
+        return
+    sign = 1.0 if lower else -1.0
+    order = sorted(scored, key=lambda k: (sign * scored[k].mean, k))
+    top = sign * scored[order[0]].mean
+    best = [k for k in order if sign * scored[k].mean == top]
+    for k in best:
+        scored[k].best = True
+    if len(best) == 1:
+        scored[best[0]].significant = welch_better(scored[best[0]], scored[order[1]], lower)
+
+
+# ----------------------------------------------------------------- per-M tables
+@dataclass
+class Table:
+    """The models trained under one protocol hash (one dataset, one M), ranked per metric."""
+
+    dataset: str
+    M: int
+    protocol_hash: str
+    profile: str
+    protocol_version: int
+    family_hash: str
+    metrics: list[str]
+    rows: dict[str, tuple[int, dict[str, Cell]]] = field(default_factory=dict)  # model -> (seeds, {metric: Cell})
+    n_records: int = 0
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "M": self.M, "protocol_hash": self.protocol_hash, "profile": self.profile,
+                "protocol_version": self.protocol_version, "family_hash": self.family_hash,
+                "rows": [{"model": model, "seeds": seeds,
+                          "metrics": {m: {"mean": _num(c.mean), "std": _num(c.std), "n": c.n, "best": c.best,
+                                          "significant": c.significant, "lower_is_better": lower_is_better(m),
+                                          **({"bound": c.bound} if c.bound else {})}
+                                      for m, c in cells.items()}}
+                         for model, (seeds, cells) in self.rows.items()]}
+
+
+def _num(x: float):
+    return None if math.isnan(x) else x
+
+
+def _present(part: pd.DataFrame, metrics: list[str]) -> list[str]:
+    return [m for m in metrics
+            if m in part.columns and pd.api.types.is_numeric_dtype(part[m]) and part[m].notna().any()]
+
+
+def default_metrics(df: pd.DataFrame) -> list[str]:
+    return _present(df, DEFAULT_METRICS)
+
+
+def build_table(part: pd.DataFrame, metrics: list[str]) -> Table:
+    first = part.iloc[0]
+    t = Table(first["dataset"], int(first["M"]), first["protocol_hash"], first["profile"],
+              int(first["protocol_version"]), first["family_hash"], metrics, n_records=len(part))
+    for model, g in part.groupby("model", sort=True):
+        cells = {m: cell(g[m]) if m in g else Cell(()) for m in metrics}
+        for m, c in cells.items():
+            if m + BOUND_SUFFIX in g and c.n:
+                c.bound = ",".join(sorted(g[m + BOUND_SUFFIX].dropna().unique()))
+        t.rows[model] = (int(g["seed"].nunique()), cells)
     for m in metrics:
-        out[f"{m}:mean"] = g[m].mean()
-        out[f"{m}:std"] = g[m].std(ddof=1).fillna(0.0)
+        # Bounds of different names are different quantities: rank each bound apart.
+        col = {model: cells[m] for model, (_, cells) in t.rows.items()}
+        for bound in sorted({c.bound for c in col.values()}):
+            rank({k: c for k, c in col.items() if c.bound == bound}, lower_is_better(m))
+    return t
+
+
+def compare_tables(records: list[RunRecord], dataset: str | None = None,
+                   metrics: list[str] | None = None) -> list[Table]:
+    """One Table per (dataset, M, protocol hash); within a (dataset, M) the hash with most records first."""
+    return frame_tables(records_frame(records), dataset, metrics)
+
+
+def frame_tables(df: pd.DataFrame, dataset: str | None = None, metrics: list[str] | None = None) -> list[Table]:
+    if dataset:
+        df = df[df["dataset"] == dataset]
+    if df.empty:
+        return []
+    out = []
+    for (_, _), dm in df.groupby(["dataset", "M"], sort=True):
+        parts = [p for _, p in dm.groupby("protocol_hash", sort=True)]
+        parts.sort(key=lambda p: -len(p))  # stable: ties keep hash order
+        for p in parts:
+            cols = _present(p, metrics) if metrics else default_metrics(p)
+            out.append(build_table(p, cols))
     return out
 
 
-def _fmt(mean: float, std: float, bold: bool) -> str:
-    if pd.isna(mean):
+# ----------------------------------------------------------------- formatting
+def fmt_value(x: float, decimals: int) -> str:
+    return f"{x:.{decimals}f}"
+
+
+def decimals_for(x: float) -> int:
+    return 1 if abs(x) >= 100 else 3
+
+
+def fmt_cell(c: Cell) -> str:
+    if not c.n:
         return "–"
-    s = f"{mean:.3f} ± {std:.3f}"
-    return f"**{s}**" if bold else s
+    d = decimals_for(c.mean)
+    s = fmt_value(c.mean, d) if c.n < 2 else f"{fmt_value(c.mean, d)} ± {fmt_value(c.std, d)}"
+    if c.best:
+        s = f"**{s}**"
+    s += SIG_MARK if c.significant else ""
+    return f"{s} ({c.bound})" if c.bound else s
 
 
-def markdown_table(summary: pd.DataFrame, metrics: list[str]) -> str:
+def _github(rows: list[list[str]], headers: list[str]) -> str:
     from tabulate import tabulate
 
-    best = {}
-    for m in metrics:
-        col = summary[f"{m}:mean"].dropna()
-        if len(col) > 1:
-            best[m] = col.idxmin() if lower_is_better(m) else col.idxmax()
-    rows = []
-    for model, r in summary.iterrows():
-        rows.append([model, int(r["seeds"])] + [_fmt(r[f"{m}:mean"], r[f"{m}:std"], best.get(m) == model) for m in metrics])
-    headers = ["model", "seeds"] + [m + (" ↓" if lower_is_better(m) else " ↑") for m in metrics]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def tables(records: list[RunRecord], dataset: str | None = None, metrics: list[str] | None = None) -> dict:
-    """{dataset: [(header, markdown)]}: one table per (M, protocol hash)."""
-    df = records_frame(records)
-    if df.empty:
-        return {}
-    if dataset:
-        df = df[df["dataset"] == dataset]
-    out: dict[str, list[tuple[str, str]]] = {}
-    for (ds, M, h, prof), part in df.groupby(["dataset", "M", "protocol_hash", "profile"], sort=True):
-        cols = [m for m in (metrics or DEFAULT_METRICS) if m in part.columns and part[m].notna().any()]
-        header = f"{ds} — M = {M}, profile `{prof}`, protocol `{h}`"
-        out.setdefault(ds, []).append((header, markdown_table(summarize(part, cols), cols)))
+def quick_fid(metric: str, profile: str) -> bool:
+    """Inception FID from a profile other than `paper`: few samples, biased upward, marked as such."""
+    return metric.startswith("fid") and profile != "paper"
+
+
+def metric_header(metric: str, profile: str) -> str:
+    return f"{metric} {arrow(metric)}" + (QUICK_FID_MARK if quick_fid(metric, profile) else "")
+
+
+def quick_fid_note(profile: str, protocol: dict | None) -> str:
+    n = (protocol or {}).get("fid_n", "?")
+    return (f"{QUICK_FID_MARK} FID of the `{profile}` profile: {n} samples per modality, biased upward with so few "
+            "samples; comparable only within this table, not with published (10k-sample) FIDs.")
+
+
+def table_markdown(t: Table, protocol: dict | None = None) -> str:
+    rows = [[model, str(seeds)] + [fmt_cell(cells[m]) for m in t.metrics] for model, (seeds, cells) in t.rows.items()]
+    md = _github(rows, ["model", "seeds"] + [metric_header(m, t.profile) for m in t.metrics])
+    if any(quick_fid(m, t.profile) for m in t.metrics):
+        md += "\n\n" + quick_fid_note(t.profile, protocol)
+    return md
+
+
+def table_title(t: Table) -> str:
+    return f"{t.dataset} — M = {t.M} — profile `{t.profile}`, protocol v{t.protocol_version} `{t.protocol_hash[:12]}`"
+
+
+def compare_markdown(tables: list[Table], protocols: dict[str, dict] | None = None) -> str:
+    parts = [LEGEND, ""]
+    seen: dict[tuple[str, int], int] = {}
+    for t in tables:
+        key = (t.dataset, t.M)
+        note = ""
+        if seen.get(key):
+            note = "\n\nA different protocol from the table above: not ranked with it."
+        seen[key] = seen.get(key, 0) + 1
+        parts += [f"## {table_title(t)}{note}", "", table_markdown(t, (protocols or {}).get(t.protocol_hash)), ""]
+    return "\n".join(parts)
+
+
+def compare_csv(tables: list[Table]) -> str:
+    """Long format: one line per (table, model, metric)."""
+    rows = []
+    for t in tables:
+        for model, (seeds, cells) in t.rows.items():
+            for m, c in cells.items():
+                rows.append({"dataset": t.dataset, "M": t.M, "protocol_hash": t.protocol_hash, "profile": t.profile,
+                             "protocol_version": t.protocol_version, "family_hash": t.family_hash, "model": model,
+                             "seeds": seeds, "metric": m, "mean": _num(c.mean), "std": _num(c.std), "n": c.n,
+                             "best": c.best, "significant": c.significant, "lower_is_better": lower_is_better(m),
+                             "bound": c.bound})
+    cols = ["dataset", "M", "protocol_hash", "profile", "protocol_version", "family_hash", "model", "seeds", "metric",
+            "mean", "std", "n", "best", "significant", "lower_is_better", "bound"]
+    return pd.DataFrame(rows, columns=cols).to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+def compare_json(tables: list[Table]) -> str:
+    return json.dumps({"legend": LEGEND, "tables": [t.to_dict() for t in tables]}, indent=2, ensure_ascii=False)
+
+
+# ----------------------------------------------------------------- modality scaling
+@dataclass
+class Curve:
+    """y(x) per model: a Cell (the seeds) at each x, ranked per x."""
+
+    dataset: str
+    family_hash: str
+    profile: str
+    protocol_version: int
+    metric: str
+    xlabel: str
+    xs: list[int]
+    cells: dict[str, dict[int, Cell]]  # model -> x -> Cell
+
+    def series(self) -> dict[str, tuple[list[int], list[float], list[float]]]:
+        out = {}
+        for model, by_x in self.cells.items():
+            xs = [x for x in self.xs if x in by_x and by_x[x].n]
+            out[model] = (xs, [by_x[x].mean for x in xs], [by_x[x].std for x in xs])
+        return out
+
+
+def _rank_curve(cv: Curve) -> Curve:
+    for x in cv.xs:
+        rank({m: by_x[x] for m, by_x in cv.cells.items() if x in by_x}, lower_is_better(cv.metric))
+    return cv
+
+
+def scaling_curves(fam: pd.DataFrame) -> list[Curve]:
+    """Each SCALING_METRICS present vs M, for the records of one protocol family."""
+    first = fam.iloc[0]
+    xs = sorted(int(m) for m in fam["M"].unique())
+    out = []
+    for metric in _present(fam, SCALING_METRICS):
+        cells = {model: {int(M): cell(gm[metric]) for M, gm in g.groupby("M", sort=True)}
+                 for model, g in fam.groupby("model", sort=True)}
+        out.append(_rank_curve(Curve(first["dataset"], first["family_hash"], first["profile"],
+                                     int(first["protocol_version"]), metric, "number of modalities M", xs, cells)))
     return out
 
 
-def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | None = None,
-                       metrics: list[str] | None = None) -> list[Path]:
-    written = []
-    for ds, tabs in tables(records, dataset, metrics).items():
-        lines = [f"# {ds}", "", "Generated by `shala-bench compare` from run records; do not edit.",
-                 "Mean ± std over seeds; best in bold; ↑ higher is better, ↓ lower is better.", ""]
-        for header, md in tabs:
-            lines += [f"## {header}", "", md, ""]
-        path = Path(out_dir) / f"{ds}.md"
-        atomic_write_text(path, "\n".join(lines))
+def k_curve(fam: pd.DataFrame) -> tuple[int, Curve] | None:
+    """Conditional coherence vs k at the largest M of the family that has per-k coherence."""
+    for M in sorted(fam["M"].unique(), reverse=True):
+        part = fam[fam["M"] == M]
+        ks = sorted(int(m.group(1)) for c in part.columns if (m := _K_METRIC.match(c)) and part[c].notna().any())
+        if not ks:
+            continue
+        cells = {model: {k: cell(g[f"coherence_cond_k{k}"]) for k in ks} for model, g in part.groupby("model", sort=True)}
+        first = part.iloc[0]
+        cv = Curve(first["dataset"], first["family_hash"], first["profile"], int(first["protocol_version"]),
+                   "coherence_cond", "number of given modalities k", ks, cells)
+        return int(M), _rank_curve(cv)
+    return None
+
+
+def curve_markdown(cv: Curve, xname: str) -> str:
+    rows = []
+    for model, by_x in cv.cells.items():
+        seeds = sorted({by_x[x].n for x in cv.xs if x in by_x and by_x[x].n})
+        seeds_s = "–" if not seeds else (str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}")
+        rows.append([model, seeds_s] + [fmt_cell(by_x.get(x, Cell(()))) for x in cv.xs])
+    return _github(rows, ["model", "seeds"] + [f"{xname} = {x}" for x in cv.xs])
+
+
+def plot_title(cv: Curve, what: str) -> str:
+    return (f"{cv.dataset}: {what} (mean ± std over seeds)\n"
+            f"profile {cv.profile}, protocol v{cv.protocol_version}, family {cv.family_hash[:12]}")
+
+
+# ----------------------------------------------------------------- the pages
+@dataclass
+class Family:
+    dataset: str
+    family_hash: str
+    frame: pd.DataFrame
+    protocol: dict  # of any record of the family (only n_modalities differs)
+    hashes: dict[int, str]  # M -> protocol hash
+
+
+def families(df: pd.DataFrame, protocols: dict[str, dict]) -> list[Family]:
+    """Protocol families of each dataset, the one with most records first (ties: by hash)."""
+    out = []
+    for ds, d in df.groupby("dataset", sort=True):
+        fams = []
+        for fh, f in d.groupby("family_hash", sort=True):
+            hashes = {int(M): h for M, h in f.groupby("M", sort=True)["protocol_hash"].first().items()}
+            fams.append(Family(ds, fh, f, protocols[f["protocol_hash"].iloc[0]], hashes))
+        fams.sort(key=lambda fa: -len(fa.frame))
+        out += fams
+    return out
+
+
+def budget_line(p: dict) -> str:
+    line = (f"Budget (the same for every model): {p.get('steps')} Adam steps of batch size {p.get('batch_size')}, "
+            f"lr {p.get('lr')}")
+    if "prior_steps" in p:
+        line += f"; ShaLa's prior stage {p.get('prior_steps')} steps, lr {p.get('prior_lr')}"
+    return line + f"; latent size {p.get('latent_dim')}, β = {p.get('beta')}; {p.get('n_train')} training tuples."
+
+
+def _md_image(alt: str, rel: str) -> str:
+    return f"![{alt}]({rel})"
+
+
+def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path]) -> list[str]:
+    from shala_bench.plots import line_plot
+
+    p, short = fam.protocol, fam.family_hash[:12]
+    profile, version = fam.frame["profile"].iloc[0], int(fam.frame["protocol_version"].iloc[0])
+    models = sorted(fam.frame["model"].unique())
+    lines = [f"## Profile `{profile}`, protocol v{version}, family `{short}`", "", budget_line(p), "",
+             "Protocol hash per number of modalities M (the family hash is the hash of the protocol without "
+             "`n_modalities`):", ""]
+    rows = []
+    for M, h in fam.hashes.items():
+        part = fam.frame[fam.frame["M"] == M]
+        rows.append([str(M), f"`{h[:12]}`", str(part["model"].nunique()), str(len(part))])
+    lines += [_github(rows, ["M", "protocol hash", "models", "records"]), ""]
+
+    def plot(cv: Curve, name: str, ylabel: str, what: str) -> str:
+        path = out / plots_rel / f"{short}-{name}.png"
+        line_plot(path, cv.series(), xlabel=cv.xlabel, ylabel=ylabel, title=plot_title(cv, what), models=models,
+                  xticks=cv.xs)
         written.append(path)
-    return written
+        return _md_image(what, f"{plots_rel}/{path.name}")
+
+    curves, kc = scaling_curves(fam.frame), k_curve(fam.frame)
+    if curves or kc:
+        lines += ["### Modality scaling", ""]
+    for cv in curves:
+        what = f"{cv.metric} {arrow(cv.metric)} vs M"
+        lines += [f"#### {what}", "", plot(cv, f"{cv.metric}-vs-M", f"{cv.metric} {arrow(cv.metric)}", what), "",
+                  curve_markdown(cv, "M"), ""]
+    if kc:
+        M, cv = kc
+        what = f"conditional coherence ↑ vs k at M = {M}"
+        lines += [f"#### Conditional coherence vs the number of given modalities k (M = {M}, protocol "
+                  f"`{fam.hashes[M][:12]}`)", "",
+                  plot(cv, f"coherence_cond-vs-k-M{M}", "conditional coherence ↑", what), "",
+                  curve_markdown(cv, "k"), ""]
+
+    lines += ["### Leaderboard per M", ""]
+    for t in frame_tables(fam.frame):
+        lines += [f"#### M = {t.M} — protocol `{t.protocol_hash[:12]}`", "", table_markdown(t, p), ""]
+    return lines
+
+
+def dataset_page(ds: str, fams: list[Family], failed: list[RunRecord], out: Path, records_rel: str,
+                 written: list[Path]) -> str:
+    lines = [f"# Leaderboard: {ds}", "",
+             f"Generated by `shala-bench leaderboard` from the run records in [`{records_rel}/`]({records_rel}/) "
+             "only; do not edit by hand.", ""]
+    for fam in fams:  # the header: each profile, its budget and its protocol hashes
+        fr = fam.frame
+        hashes = ", ".join(f"M = {M} `{h[:12]}`" for M, h in fam.hashes.items())
+        lines.append(f"- Profile `{fr['profile'].iloc[0]}`, protocol v{int(fr['protocol_version'].iloc[0])}, family "
+                     f"`{fam.family_hash[:12]}`: {fam.protocol.get('steps')} steps, batch size "
+                     f"{fam.protocol.get('batch_size')}, lr {fam.protocol.get('lr')}; {fr['model'].nunique()} models, "
+                     f"{fr['seed'].nunique()} seeds; protocol hashes {hashes}.")
+    lines += ["", LEGEND, ""]
+    for fam in fams:
+        lines += family_section(fam, out, f"plots/{ds}", written)
+    if failed:
+        lines += ["## Failed runs", "", "Recorded, not shown in the tables above.", ""]
+        rows = [[r.model, str(r.seed), str(r.n_modalities), f"`{r.protocol_hash[:12]}`", r.status]
+                for r in sorted(failed, key=lambda r: (r.model, r.n_modalities, r.seed, r.protocol_hash))]
+        lines += [_github(rows, ["model", "seed", "M", "protocol hash", "status"]), ""]
+    return "\n".join(lines)
+
+
+def index_page(fams: list[Family], records_rel: str) -> str:
+    lines = ["# Leaderboards", "",
+             f"Generated by `shala-bench leaderboard` from the run records in [`{records_rel}/`]({records_rel}/) "
+             "only; do not edit by hand. Regenerate with `shala-bench leaderboard`; add records with "
+             "`shala-bench leaderboard --collect RESULTS`.", "",
+             "A protocol family is one protocol with every number of modalities M: its hash is the hash of the "
+             "protocol without `n_modalities`.", ""]
+    rows = []
+    for f in fams:
+        fr = f.frame
+        rows.append([f"[{f.dataset}]({f.dataset}.md)", f"`{fr['profile'].iloc[0]}`",
+                     f"v{int(fr['protocol_version'].iloc[0])}", f"`{f.family_hash[:12]}`",
+                     ", ".join(str(M) for M in f.hashes), str(fr["model"].nunique()), str(fr["seed"].nunique()),
+                     str(len(fr))])
+    if rows:
+        lines += [_github(rows, ["dataset", "profile", "protocol", "family hash", "M", "models", "seeds", "records"]), ""]
+    else:
+        lines += ["No records yet.", ""]
+    return "\n".join(lines)
+
+
+def _relpath(target: Path, start: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(Path(target).resolve(), Path(start).resolve())).as_posix()
+
+
+def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | None = None,
+                       records_dir: Path | None = None) -> list[Path]:
+    """Write <out>/<dataset>.md (+ plots/<dataset>/*.png) for each dataset, and <out>/README.md.
+
+    Deterministic: sorted order, no timestamps, PNGs without software/time metadata. Stale PNGs
+    under <out>/plots/<dataset>/ from earlier runs are removed. With `dataset`, only that page
+    (and the index, which always lists every dataset of `records`).
+    """
+    out = Path(out_dir)
+    records_rel = _relpath(records_dir, out) if records_dir else "records"
+    df = records_frame(records)
+    protocols = {r.protocol_hash: r.protocol for r in records if r.ok}
+    fams = families(df, protocols) if not df.empty else []
+    written: list[Path] = []
+    datasets = sorted({r.dataset for r in records})
+    for ds in datasets:
+        if dataset and ds != dataset:
+            continue
+        plots: list[Path] = []
+        failed = [r for r in records if r.dataset == ds and not r.ok and r.status != "running"]
+        text = dataset_page(ds, [f for f in fams if f.dataset == ds], failed, out, records_rel, plots)
+        for stale in sorted((out / "plots" / ds).glob("*.png")):
+            if stale not in plots:
+                stale.unlink()
+        path = out / f"{ds}.md"
+        atomic_write_text(path, text)
+        written += plots + [path]
+    index = out / "README.md"
+    atomic_write_text(index, index_page(fams, records_rel))
+    return written + [index]
+
+
+# ----------------------------------------------------------------- collecting records
+def collect_records(results: Path, records_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Copy finished record.json files (ok and failed, not running) from a results folder into
+    <records_dir>/<dataset>/<model>/<run_id>/record.json. Returns (copied, unchanged)."""
+    copied, same = [], []
+    for path in sorted(Path(results).rglob(RECORD)):
+        rec = read_record(path)
+        if rec.status == "running":
+            continue
+        dest = Path(records_dir) / rec.dataset / rec.model / rec.run_id / RECORD
+        if dest.exists() and dest.read_bytes() == path.read_bytes():
+            same.append(dest)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{RECORD}.tmp-collect")
+        shutil.copyfile(path, tmp)
+        tmp.replace(dest)
+        copied.append(dest)
+    return copied, same

@@ -1,0 +1,373 @@
+"""compare tables, modality-scaling curves and the generated leaderboard pages, on hand-built records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shala_bench import leaderboards as lb
+from shala_bench.cli import main
+from shala_bench.results import RunRecord, load_records, run_id, write_record
+
+# A fixed protocol dict (not Protocol(), whose fields grow): hashes below stay stable.
+BASE = dict(dataset="toy", profile="quick", protocol_version=1, steps=600, batch_size=128, lr=0.001,
+            prior_steps=1500, prior_lr=0.001, latent_dim=32, beta=1.0, n_train=10000, fid_n=500)
+
+
+def _hash(protocol: dict) -> str:
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def rec(model: str, seed: int, metrics: dict, M: int = 2, status: str = "ok", **proto) -> RunRecord:
+    p = dict(BASE, n_modalities=M, **proto)
+    h = _hash(p)
+    return RunRecord(run_id(seed, M, h), model, p["dataset"], seed, M, p["profile"], h, p, status, metrics)
+
+
+def records(model_values: dict[str, list[float]], metric: str = "coherence_joint", **kw) -> list[RunRecord]:
+    return [rec(m, s, {metric: v}, **kw) for m, vals in model_values.items() for s, v in enumerate(vals)]
+
+
+def _cells(tables, metric):
+    (t,) = tables
+    return {model: cells[metric] for model, (_, cells) in t.rows.items()}
+
+
+# ----------------------------------------------------------------- statistics
+def test_mean_and_sample_std_over_seeds_are_exact():
+    vals = [0.5, 0.625, 0.75, 0.7]
+    (t,) = lb.compare_tables(records({"mvae": vals}) + records({"mopoe": [0.1]}))
+    seeds, cells = t.rows["mvae"]
+    assert seeds == 4
+    assert cells["coherence_joint"].mean == pytest.approx(statistics.fmean(vals), abs=1e-15)
+    assert cells["coherence_joint"].std == pytest.approx(statistics.stdev(vals), abs=1e-15)  # ddof = 1
+    # One seed: the std is undefined and no ± is printed.
+    one = t.rows["mopoe"][1]["coherence_joint"]
+    assert one.n == 1 and math.isnan(one.std)
+    md = lb.table_markdown(t)
+    assert "| mopoe   | 1       | 0.100 " in md
+    assert f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}" in md
+
+
+def test_failed_records_and_non_numeric_metrics_are_left_out():
+    rs = records({"mvae": [0.2, 0.4]}) + [rec("mvae", 7, {"coherence_joint": 0.9}, status="failed: nan at step 3"),
+                                          rec("mvae", 8, {"coherence_joint": "unavailable", "fd_mean": True})]
+    df = lb.records_frame(rs)
+    assert sorted(df["seed"]) == [0, 1, 8]
+    assert df["coherence_joint"].isna().sum() == 1 and "fd_mean" not in df
+    (t,) = lb.compare_tables(rs)
+    assert t.rows["mvae"][1]["coherence_joint"].mean == pytest.approx(0.3)
+
+
+def test_direction_of_each_metric_comes_from_its_name():
+    assert lb.lower_is_better("fd_mean") and lb.lower_is_better("fid_mean") and lb.lower_is_better("test_nll")
+    assert not lb.lower_is_better("coherence_joint") and not lb.lower_is_better("probe_all")
+    cells = _cells(lb.compare_tables(records({"a": [10.0, 11.0], "b": [20.0, 21.0]}, metric="fd_mean")), "fd_mean")
+    assert cells["a"].best and not cells["b"].best
+
+
+def test_bounds_of_different_names_are_ranked_apart():
+    rs = [rec(m, s, {"test_nll": v, "test_nll_bound": b}) for m, b, vals in
+          [("mvae", "elbo", [100.0, 101.0]), ("shala", "elbo", [90.0, 91.0]), ("mmvae", "iwae_moe", [50.0, 51.0])]
+          for s, v in enumerate(vals)]
+    cells = _cells(lb.compare_tables(rs), "test_nll")
+    # mmvae's bound is lower but a different quantity: the best ELBO is still shala's, and mmvae stands alone.
+    assert cells["shala"].best and cells["shala"].significant and not cells["mvae"].best
+    assert not cells["mmvae"].best and cells["mmvae"].bound == "iwae_moe"
+    assert "**90.500 ± 0.707**† (elbo)" in lb.table_markdown(lb.compare_tables(rs)[0])
+
+
+# ----------------------------------------------------------------- protocols
+def test_mixed_protocol_hashes_are_never_ranked_together():
+    same_M = (records({"mvae": [0.5, 0.52], "mopoe": [0.4, 0.42]})
+              + records({"shala": [0.9, 0.92], "mvae": [0.1, 0.12]}, lr=0.01))
+    tables = lb.compare_tables(same_M)
+    assert len(tables) == 2 and tables[0].protocol_hash != tables[1].protocol_hash
+    by_hash = {t.protocol_hash: t for t in tables}
+    main_t = by_hash[_hash(dict(BASE, n_modalities=2))]
+    other = by_hash[_hash(dict(BASE, n_modalities=2, lr=0.01))]
+    assert set(main_t.rows) == {"mvae", "mopoe"} and set(other.rows) == {"shala", "mvae"}
+    # mvae is the best of its own protocol although shala (another protocol) scored higher.
+    assert main_t.rows["mvae"][1]["coherence_joint"].best
+    assert other.rows["shala"][1]["coherence_joint"].best
+    md = lb.compare_markdown(tables)
+    assert md.count("## toy — M = 2") == 2
+    assert f"`{main_t.protocol_hash[:12]}`" in md and f"`{other.protocol_hash[:12]}`" in md
+    assert "A different protocol from the table above: not ranked with it." in md
+
+
+def test_family_hash_ignores_only_the_number_of_modalities():
+    p2, p5 = dict(BASE, n_modalities=2), dict(BASE, n_modalities=5)
+    assert lb.family_hash(p2) == lb.family_hash(p5) == _hash(BASE)
+    assert lb.family_hash(dict(p2, lr=0.01)) != lb.family_hash(p2)
+    rs = records({"mvae": [0.5, 0.6]}, M=2) + records({"mvae": [0.4, 0.5]}, M=5) + records({"mvae": [0.1]}, M=2, lr=0.5)
+    fams = lb.families(lb.records_frame(rs), {r.protocol_hash: r.protocol for r in rs})
+    assert [sorted(f.hashes) for f in fams] == [[2, 5], [2]]
+    assert fams[0].hashes == {2: _hash(p2), 5: _hash(p5)}
+
+
+# ----------------------------------------------------------------- significance
+def _welch_one_sided_p(a, b) -> float:
+    """Welch's t-test written out: t = (ma - mb) / sqrt(va/na + vb/nb), Welch–Satterthwaite df."""
+    from scipy.stats import t as student
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(student.sf(t, df))
+
+
+def test_significance_mark_appears_only_beyond_seed_noise():
+    clear = _cells(lb.compare_tables(records({"a": [0.90, 0.91, 0.92], "b": [0.50, 0.51, 0.52]})), "coherence_joint")
+    assert clear["a"].best and clear["a"].significant and not clear["b"].significant
+    # Best by mean but within seed noise: bold, no mark.
+    noisy = _cells(lb.compare_tables(records({"a": [0.60, 0.70, 0.80], "b": [0.59, 0.69, 0.79]})), "coherence_joint")
+    assert noisy["a"].best and not noisy["a"].significant
+    # A huge gap with one seed on a side is never marked: no seed noise to compare with.
+    single = _cells(lb.compare_tables(records({"a": [0.95], "b": [0.10, 0.12]})), "coherence_joint")
+    assert single["a"].best and not single["a"].significant
+    # Lower is better: the test is one-sided in the metric's direction.
+    fd = _cells(lb.compare_tables(records({"a": [10.0, 10.2, 10.1], "b": [20.0, 20.5, 19.8]}, metric="fd_mean")),
+                "fd_mean")
+    assert fd["a"].best and fd["a"].significant
+    # Against the runner-up, not the worst.
+    three = _cells(lb.compare_tables(records({"a": [0.80, 0.82], "b": [0.79, 0.83], "c": [0.1, 0.11]})),
+                   "coherence_joint")
+    assert three["a"].best and not three["a"].significant
+    md = lb.table_markdown(lb.compare_tables(records({"a": [0.90, 0.91, 0.92], "b": [0.50, 0.51, 0.52]}))[0])
+    assert "**0.910 ± 0.010**†" in md and md.count("†") == 1
+
+
+def test_significance_mark_matches_welch_formula_at_the_threshold():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        a = 0.6 + 0.05 * rng.standard_normal(3) + 0.07
+        b = 0.6 + 0.05 * rng.standard_normal(3)
+        if a.mean() <= b.mean():
+            continue
+        cells = _cells(lb.compare_tables(records({"a": list(a), "b": list(b)})), "coherence_joint")
+        p = _welch_one_sided_p(a, b)
+        assert cells["a"].significant == (p < lb.ALPHA), p
+        seen.add(cells["a"].significant)
+    assert seen == {True, False}  # the draws fall on both sides of p = 0.05
+
+
+def test_ties_share_bold_and_have_no_mark():
+    cells = _cells(lb.compare_tables(records({"a": [0.5, 0.7], "b": [0.7, 0.5], "c": [0.1, 0.2]})), "coherence_joint")
+    assert cells["a"].best and cells["b"].best and not cells["c"].best
+    assert not cells["a"].significant and not cells["b"].significant
+
+
+# ----------------------------------------------------------------- golden Markdown
+GOLDEN_COMPARE = """\
+Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). **Bold**: the best mean of \
+the column (↑ higher is better, ↓ lower is better). †: the best is better than the runner-up beyond seed noise — \
+one-sided Welch's t-test over seeds (`scipy.stats.ttest_ind(equal_var=False)`), p < 0.05, tested only where both \
+have ≥ 2 seeds. Rows with different protocol hashes are never ranked together; a bound (e.g. test_nll) is ranked \
+only against the same bound, named in brackets.
+
+## toy — M = 2 — profile `quick`, protocol v1 `d513efd2f1ab`
+
+| model   | seeds   | coherence_joint ↑   | fd_mean ↓         | fid_mean ↓‡      |
+|---------|---------|---------------------|-------------------|------------------|
+| mopoe   | 2       | 0.310 ± 0.014       | **1.500 ± 0.707** | **140.0 ± 14.1** |
+| mvae    | 3       | **0.800 ± 0.010**†  | 3.000 ± 1.000     | 150.0 ± 14.1     |
+
+‡ FID of the `quick` profile: 500 samples per modality, biased upward with so few samples; comparable only within \
+this table, not with published (10k-sample) FIDs.
+
+## toy — M = 2 — profile `quick`, protocol v1 `c60c192ce34a`
+
+A different protocol from the table above: not ranked with it.
+
+| model   | seeds   | coherence_joint ↑   |
+|---------|---------|---------------------|
+| shala   | 1       | 0.990               |
+"""
+
+
+def golden_records() -> list[RunRecord]:
+    rs = [rec("mvae", s, {"coherence_joint": v, "fd_mean": f, "fid_mean": g})
+          for s, v, f, g in [(0, 0.79, 2.0, 140.0), (1, 0.80, 3.0, 160.0), (2, 0.81, 4.0, None)]]
+    rs += [rec("mopoe", s, {"coherence_joint": v, "fd_mean": f, "fid_mean": g})
+           for s, v, f, g in [(0, 0.30, 1.0, 130.0), (1, 0.32, 2.0, 150.0)]]
+    rs += [rec("shala", 0, {"coherence_joint": 0.99}, lr=0.0005)]
+    for r in rs:  # a metric a seed did not produce is absent, not None
+        r.metrics = {k: v for k, v in r.metrics.items() if v is not None}
+    return rs
+
+
+def test_compare_markdown_for_fixture_equals_expected_text():
+    rs = golden_records()
+    md = lb.compare_markdown(lb.compare_tables(rs), {r.protocol_hash: r.protocol for r in rs})
+    # Worked by hand: mvae coherence 0.79/0.80/0.81 -> 0.800 ± 0.010; mopoe 0.30/0.32 -> 0.310 ± 0.014; Welch
+    # t = 0.49 / sqrt(0.01²/3 + 0.01414²/2) ≈ 42 on ≈ 1.7 df: p < 0.05, marked. fd 1.5 vs 3.0: t ≈ 1.96 on
+    # ≈ 2.9 df, p ≈ 0.07: bold, not marked. mvae's fid has 2 of 3 seeds (140, 160). shala: another protocol.
+    assert md == GOLDEN_COMPARE
+
+
+# ----------------------------------------------------------------- formats
+def test_compare_csv_and_json_carry_the_same_numbers(tmp_path, capsys):
+    for r in golden_records():
+        write_record(r, tmp_path / r.dataset / r.model / r.run_id)
+    assert main(["compare", "--results", str(tmp_path), "--format", "csv"]) == 0
+    df = pd.read_csv(StringIO(capsys.readouterr().out))
+    row = df[(df.model == "mvae") & (df.metric == "fid_mean")].iloc[0]
+    assert row["mean"] == pytest.approx(150.0) and row["std"] == pytest.approx(statistics.stdev([140, 160]), rel=1e-5)
+    assert row["n"] == 2 and row["seeds"] == 3 and bool(row["lower_is_better"])
+    assert df["protocol_hash"].nunique() == 2
+    assert main(["compare", "--results", str(tmp_path), "--format", "json", "--metric", "coherence_joint"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    first = data["tables"][0]["rows"]
+    mvae = next(r for r in first if r["model"] == "mvae")["metrics"]["coherence_joint"]
+    assert mvae["mean"] == pytest.approx(0.8) and mvae["best"] and mvae["significant"]
+    shala = data["tables"][1]["rows"][0]["metrics"]["coherence_joint"]
+    assert shala["std"] is None and shala["n"] == 1
+
+
+def test_compare_unknown_metric_is_one_line_error(tmp_path, capsys):
+    for r in golden_records():
+        write_record(r, tmp_path / r.dataset / r.model / r.run_id)
+    code = main(["compare", "--results", str(tmp_path), "--metric", "coherence_jiont"])
+    err = capsys.readouterr().err
+    assert code == 2 and "did you mean coherence_joint" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- scaling curves
+def sweep_records() -> list[RunRecord]:
+    """Two models, M in {2, 3, 4}, seeds 0-1; per-k coherence; mvae has no M = 4 run."""
+    rs = []
+    for model, q in [("mvae", 0.5), ("shala", 0.7)]:
+        for M in (2, 3, 4):
+            if model == "mvae" and M == 4:
+                continue
+            for seed in (0, 1):
+                ks = {f"coherence_cond_k{k}": q + 0.05 * k + 0.01 * seed for k in range(1, M)}
+                rs.append(rec(model, seed, dict(ks, coherence_cond_mean=sum(ks.values()) / len(ks),
+                                               coherence_joint=q - 0.1 * M + 0.02 * seed, fd_mean=10.0 * M - q + seed),
+                              M=M))
+    return rs
+
+
+def test_scaling_curves_are_means_over_seeds_per_M():
+    df = lb.records_frame(sweep_records())
+    curves = {c.metric: c for c in lb.scaling_curves(df)}
+    assert list(curves) == ["coherence_cond_mean", "coherence_joint", "fd_mean"]
+    cj = curves["coherence_joint"]
+    assert cj.xs == [2, 3, 4]
+    xs, means, stds = cj.series()["mvae"]
+    assert xs == [2, 3]
+    assert means == pytest.approx([0.5 - 0.2 + 0.01, 0.5 - 0.3 + 0.01])
+    assert stds == pytest.approx([statistics.stdev([0.0, 0.02])] * 2)
+    assert cj.cells["shala"][3].best and not cj.cells["mvae"][3].best
+    M, kc = lb.k_curve(df)
+    assert M == 4 and kc.xs == [1, 2, 3] and list(kc.cells) == ["shala"]  # only shala ran M = 4
+    assert kc.cells["shala"][2].mean == pytest.approx(0.7 + 0.1 + 0.005)
+
+
+def test_scaling_markdown_has_one_row_per_model_and_column_per_M():
+    cv = {c.metric: c for c in lb.scaling_curves(lb.records_frame(sweep_records()))}["fd_mean"]
+    md = [[c.strip() for c in line.split("|")[1:-1]] for line in lb.curve_markdown(cv, "M").splitlines()]
+    assert md[0] == ["model", "seeds", "M = 2", "M = 3", "M = 4"]
+    # fd = 10 M - q + seed: mean 10 M - q + 0.5, std of {0, 1} = 0.707. mvae (q = 0.5) has no run at M = 4;
+    # shala (q = 0.7) has the lower (better) fd.
+    assert md[2] == ["mvae", "2", "20.000 ± 0.707", "30.000 ± 0.707", "–"]
+    assert md[3] == ["shala", "2", "**19.800 ± 0.707**", "**29.800 ± 0.707**", "39.800 ± 0.707"]
+
+
+# ----------------------------------------------------------------- the pages
+def _write(rs: list[RunRecord], folder: Path) -> Path:
+    for r in rs:
+        write_record(r, folder / r.dataset / r.model / r.run_id)
+    return folder
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_leaderboard_twice_gives_byte_identical_files(tmp_path, capsys):
+    recs = _write(sweep_records() + records({"mvae": [0.3, 0.4], "shala": [0.5, 0.7]}, dataset="toy2"),
+                  tmp_path / "lb" / "records")
+    out = tmp_path / "lb"
+    assert main(["leaderboard", "--results", str(recs), "--out", str(out)]) == 0
+    first = _tree(out)
+    assert main(["leaderboard", "--results", str(recs), "--out", str(out)]) == 0
+    assert _tree(out) == first
+    # A fresh process (another hash seed, fresh matplotlib state): the same bytes again.
+    subprocess.run([sys.executable, "-m", "shala_bench.cli", "leaderboard", "--results", str(recs), "--out", str(out)],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert _tree(out) == first
+    fam, fam2 = _hash(BASE)[:12], _hash(dict(BASE, dataset="toy2"))[:12]
+    assert sorted(k for k in first if not k.startswith("records/")) == [
+        "README.md", f"plots/toy/{fam}-coherence_cond-vs-k-M4.png", f"plots/toy/{fam}-coherence_cond_mean-vs-M.png",
+        f"plots/toy/{fam}-coherence_joint-vs-M.png", f"plots/toy/{fam}-fd_mean-vs-M.png",
+        f"plots/toy2/{fam2}-coherence_joint-vs-M.png", "toy.md", "toy2.md"]
+
+
+def test_dataset_page_names_profile_budget_hashes_and_embeds_plots(tmp_path):
+    out = tmp_path / "lb"
+    recs = _write(sweep_records() + [rec("mvae", 0, {"coherence_joint": 0.1}, M=3, status="failed: nan at step 4")],
+                  out / "records")
+    written = lb.write_leaderboards(load_records(recs), out, records_dir=recs)
+    page = (out / "toy.md").read_text()
+    fam = _hash(BASE)[:12]
+    assert page.startswith("# Leaderboard: toy\n")
+    header = page.split("Cells: mean")[0]  # before the legend: profile, budget, hashes
+    assert (f"- Profile `quick`, protocol v1, family `{fam}`: 600 steps, batch size 128, lr 0.001; 2 models, 2 seeds; "
+            f"protocol hashes M = 2 `{_hash(dict(BASE, n_modalities=2))[:12]}`, M = 3 ") in header
+    assert f"## Profile `quick`, protocol v1, family `{fam}`" in page
+    assert "600 Adam steps of batch size 128, lr 0.001" in page
+    for M in (2, 3, 4):
+        assert f"| {M}   | `{_hash(dict(BASE, n_modalities=M))[:12]}`" in page
+        assert f"#### M = {M} — protocol `{_hash(dict(BASE, n_modalities=M))[:12]}`" in page
+    images = [line[line.index("](") + 2:-1] for line in page.splitlines() if line.startswith("![")]
+    assert len(images) == 4  # three metrics vs M, coherence vs k at the largest M
+    assert f"plots/toy/{fam}-coherence_cond-vs-k-M4.png" in images
+    for rel in images:
+        assert (out / rel).stat().st_size > 1000 and (out / rel) in written
+    assert "## Failed runs" in page and "failed: nan at step 4" in page
+    index = (out / "README.md").read_text()
+    assert f"| [toy](toy.md) | `quick`   | v1         | `{fam}` | 2, 3, 4 |" in index
+    assert "[`records/`](records/)" in index
+
+
+def test_stale_plots_are_removed_and_other_datasets_kept(tmp_path):
+    out = tmp_path / "lb"
+    stale = out / "plots" / "toy" / "000000000000-old.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
+    lb.write_leaderboards(sweep_records(), out)
+    assert not stale.exists() and list((out / "plots" / "toy").glob("*.png"))
+
+
+def test_collect_copies_finished_record_files_only(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    done, running = rec("mvae", 0, {"coherence_joint": 0.5}), rec("mvae", 1, {}, status="running")
+    failed = rec("mopoe", 0, {}, status="failed: nan at step 2")
+    for r in (done, running, failed):
+        d = runs / r.dataset / r.model / r.run_id
+        write_record(r, d)
+        (d / "checkpoint.pt").write_bytes(b"weights")
+    recs = tmp_path / "lb" / "records"
+    assert main(["leaderboard", "--collect", str(runs), "--results", str(recs), "--out", str(tmp_path / "lb")]) == 0
+    copied = sorted(p.relative_to(recs).as_posix() for p in recs.rglob("*") if p.is_file())
+    assert copied == [f"toy/mopoe/{failed.run_id}/record.json", f"toy/mvae/{done.run_id}/record.json"]
+    assert (recs / copied[1]).read_bytes() == (runs / copied[1]).read_bytes()
+    out = capsys.readouterr().out
+    assert "collected 2 record(s)" in out
+    assert main(["leaderboard", "--collect", str(runs), "--results", str(recs), "--out", str(tmp_path / "lb")]) == 0
+    assert "collected 0 record(s)" in capsys.readouterr().out
