@@ -12,7 +12,7 @@ import sys
 from shala_bench.errors import ShalaBenchError
 
 # Order of `--help`.
-COMMANDS = ["run", "list", "compare"]
+COMMANDS = ["run", "eval", "list", "compare", "leaderboard", "data", "sweep", "status", "cancel"]
 
 EPILOG = """examples:
   shala-bench list

@@ -62,3 +62,32 @@ def product_of_experts(mu: Tensor, logvar: Tensor, mask: Tensor | None = None, p
         total = total + 1.0
     out_mu = weighted / total
     return out_mu, -torch.log(total)
+
+
+# ---------------------------------------------------------------- importance weighting (MMVAE, MMVAE+)
+def log_mean_exp(x: Tensor, dim: int) -> Tensor:
+    """log (1/n) sum_i exp(x_i) along `dim`, computed stably."""
+    return torch.logsumexp(x, dim) - math.log(x.shape[dim])
+
+
+def dreg_surrogate(log_w: Tensor, z: Tensor, dim: int) -> Tensor:
+    """Surrogate whose gradient is the DReG estimator of the IWAE bound log mean_k exp(log_w_k).
+
+    Tucker, Lawson, Gu, Maddison, "Doubly Reparameterized Gradient Estimators", ICLR 2019.
+    `log_w` (..., K along `dim`, ...) must be computed from the reparameterised samples `z`
+    (log_w's shape, optionally plus a trailing latent dim) with the variational density's parameters
+    detached (stop-gradient on phi inside log q). With normalised weights w~_k:
+      decoder (theta):  sum_k w~_k d log_w_k / d theta          (the IWAE gradient)
+      encoder (phi):    sum_k w~_k^2 d log_w_k / d z_k  dz_k / d phi   (score term dropped)
+    The surrogate's value is sum_k w~_k log_w_k, not the bound; report the bound separately.
+    """
+    w = torch.softmax(log_w.detach(), dim)
+    if z.requires_grad:  # scales the path gradient into the encoder by a second w~_k
+        w_z = w.unsqueeze(-1) if z.dim() == w.dim() + 1 else w
+        z.register_hook(lambda grad: grad * w_z)
+    return (w * log_w).sum(dim)
+
+
+def laplace_rsample(loc: Tensor, scale: Tensor, sample_shape: tuple = ()) -> Tensor:
+    """Reparameterised Laplace samples loc + scale * eps, eps ~ Laplace(0, 1)."""
+    return torch.distributions.Laplace(loc, scale).rsample(torch.Size(sample_shape))

@@ -24,6 +24,7 @@ class EvalContext:
     seed: int
     cache_dir: Path | None = None
     artifacts: dict = field(default_factory=dict)  # name -> path (relative to run_dir), filled by metrics
+    options: dict = field(default_factory=dict)  # run options metrics read, e.g. "inception_weights"
 
     @functools.cached_property
     def classifiers(self) -> dict:
@@ -43,12 +44,18 @@ class EvalContext:
 
 
 def evaluate(model: MultimodalVAE, protocol: Protocol, data: LoadedDataset, run_dir: Path, seed: int,
-             device="cpu", cache_dir: Path | None = None, registry=None, only: list[str] | None = None):
-    """Run every registered metric (or those in `only`); returns (metrics, timings, artifacts)."""
+             device="cpu", cache_dir: Path | None = None, registry=None, only: list[str] | None = None,
+             options: dict | None = None):
+    """Run every registered metric (or those in `only`); returns (metrics, timings, artifacts).
+
+    `options` are run settings that are not part of the protocol (paths on this machine,
+    e.g. ``{"inception_weights": PATH}``); metrics read them from ``ctx.options``.
+    """
     from shala_bench.registry import get_registry
 
     reg = registry or get_registry()
-    ctx = EvalContext(model.to(device).eval(), protocol, data, torch.device(device), Path(run_dir), seed, cache_dir)
+    ctx = EvalContext(model.to(device).eval(), protocol, data, torch.device(device), Path(run_dir), seed, cache_dir,
+                      options=dict(options or {}))
     metrics, timings = {}, {}
     entries = sorted((r.entry for r in reg.metrics.values()), key=lambda e: (e.order, e.name))
     for entry in entries:

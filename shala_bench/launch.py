@@ -33,6 +33,7 @@ class RunSpec:
     device: str = "auto"
     progress: bool = True
     cache_dir: str | None = None
+    inception_weights: str | None = None  # local Inception file for FID (not part of the protocol)
 
     def with_(self, **kw) -> "RunSpec":
         return dataclasses.replace(self, **kw)
@@ -106,7 +107,8 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
         raise
     train_s = sum(state.seconds.values())
     t1 = time.perf_counter()
-    metrics, eval_timings, artifacts = evaluate(model, p, data, prep.dir, spec.seed, dev, spec.cache_dir, registry)
+    metrics, eval_timings, artifacts = evaluate(model, p, data, prep.dir, spec.seed, dev, spec.cache_dir, registry,
+                                                options={"inception_weights": spec.inception_weights})
     eval_s = time.perf_counter() - t1
     n_seen = {s: (p.steps if s == "vae" else getattr(p, f"{s}_steps")) * p.batch_size for s in model.stages}
     record.metrics = metrics
@@ -124,3 +126,115 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
     record.status = "ok"
     write_record(record, prep.dir)
     return record
+
+
+def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path | None = None, device: str = "auto",
+                        cache_dir: str | None = None, inception_weights: str | None = None,
+                        registry=None) -> tuple[RunRecord, Path]:
+    """Re-evaluate a finished run's checkpoint under the current protocol, without training.
+
+    `run` is a run folder or its record.json. The protocol takes the run's data, training
+    and model settings from its record and the evaluation section (`EVALUATION_FIELDS`)
+    from the current profile, then `overrides` (evaluation fields only). The new record
+    goes to ``<results>/<dataset>/<model>/<run_id>/record.json`` for the new protocol's
+    run_id (`results` defaults to the run's results folder); its `checkpoint` points at
+    the run's checkpoint (relative to the new folder) and `artifacts["source_record"]` at
+    the record it re-evaluates. When the protocol is unchanged the folder is the run's
+    own: the training run's record is kept as ``record.previous.json`` (an earlier
+    re-evaluation there is replaced). Returns (record, path).
+    """
+    import os
+
+    from shala_bench.errors import CheckpointError, ProtocolError, RecordError
+    from shala_bench.evaluate import evaluate
+    from shala_bench.protocol import _FIXED, EVALUATION_FIELDS, FIELDS
+    from shala_bench.registry import get_registry
+    from shala_bench.results import RECORD, read_record
+    from shala_bench.trainer import load_checkpoint
+
+    run = Path(run)
+    src = run / RECORD if run.is_dir() else run
+    if not src.is_file():
+        raise RecordError(f"no run record at {src} (pass a run folder or its record.json)")
+    rec = read_record(src)
+    if not rec.ok:
+        raise RecordError(f"run {src.parent} has status {rec.status!r}: only finished runs can be re-evaluated")
+    ck_path = (src.parent / rec.checkpoint).resolve()
+    if not rec.checkpoint or not ck_path.is_file():
+        raise CheckpointError(f"checkpoint {ck_path} of run {src.parent} is missing")
+    bad = sorted(set(overrides or {}) - set(EVALUATION_FIELDS))
+    if bad:
+        raise ProtocolError(f"--set {bad[0]}: eval changes only evaluation settings ({', '.join(EVALUATION_FIELDS)}); "
+                            "retrain with `shala-bench run` to change the others")
+
+    reg = registry or get_registry()
+    model_entry, ds_entry = reg.get_model(rec.model), reg.get_dataset(rec.dataset)
+    kept = {k: v for k, v in rec.protocol.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
+    p = make_protocol(ds_entry, rec.profile, {**kept, **(overrides or {})})
+    dev = pick_device(device)
+    ck = load_checkpoint(ck_path)
+    if ck.get("seed") != rec.seed or not _trained_under(ck.get("protocol_hash"), src, rec):
+        raise CheckpointError(f"checkpoint {ck_path} does not belong to the run recorded in {src}")
+
+    t0 = time.perf_counter()
+    data = ds_entry.loader(p, cache_dir)
+    t_data = time.perf_counter() - t0
+    torch.manual_seed(rec.seed)
+    model = model_entry.factory(data.spec, p)
+    unfinished = [s for s in model.stages if s not in ck["state"]["completed"]]
+    if unfinished:
+        raise CheckpointError(f"checkpoint {ck_path} has not finished stage {unfinished[0]!r}; "
+                              "finish it with `shala-bench run --resume`")
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {ck_path} does not fit this model: {str(e).splitlines()[0][:160]}") from None
+
+    rid = run_id(rec.seed, p.n_modalities, p.hash)
+    root = Path(results) if results is not None else src.parent.parent.parent.parent
+    out = run_dir(root, rec.dataset, rec.model, rid)
+    out.mkdir(parents=True, exist_ok=True)
+    t1 = time.perf_counter()
+    metrics, eval_timings, artifacts = evaluate(model, p, data, out, rec.seed, dev, cache_dir, reg,
+                                                options={"inception_weights": inception_weights})
+    eval_s = time.perf_counter() - t1
+    same = (out / RECORD).resolve() == src.resolve()
+    # in its own folder a re-evaluation supersedes the record; the training run's record is kept
+    keep = same and "source_record" not in rec.artifacts
+    source = os.path.relpath(src.resolve(), out.resolve()) if not same else (
+        "record.previous.json" if keep else rec.artifacts["source_record"])
+    train = {k: v for k, v in rec.timings.items() if k.startswith("train")}
+    train_s = train.get("train_s") or 0
+    new = dataclasses.replace(
+        rec, run_id=rid, protocol_hash=p.hash, protocol=p.to_dict(), metrics=metrics,
+        timings={"data_s": round(t_data, 3), **train, "eval_s": round(eval_s, 3),
+                 "eval_fraction_of_train": round(eval_s / train_s, 4) if train_s else None, **eval_timings},
+        artifacts={**artifacts, "source_record": source},
+        checkpoint=os.path.relpath(ck_path, out.resolve()), hardware=hardware(dev), git_commit=git_commit(),
+        versions=package_versions(), created=now())
+    if keep:
+        os.replace(src, out / "record.previous.json")
+    return new, write_record(new, out)
+
+
+def _trained_under(ck_hash: str | None, src: Path, rec: RunRecord) -> bool:
+    """Whether a checkpoint's protocol hash is that of the record or of a record it re-evaluates.
+
+    Re-evaluated records name their source (artifacts["source_record"]); the chain ends at
+    the training run's record. A chain broken by a deleted record is given the benefit of
+    the doubt (the seed check and loading the weights still guard).
+    """
+    from shala_bench.errors import RecordError
+    from shala_bench.results import read_record
+
+    for _ in range(100):
+        if ck_hash == rec.protocol_hash:
+            return True
+        if "source_record" not in rec.artifacts:
+            return False
+        src = src.parent / rec.artifacts["source_record"]
+        try:
+            rec = read_record(src)
+        except RecordError:
+            return True
+    return False

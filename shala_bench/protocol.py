@@ -32,6 +32,14 @@ class Protocol:
     n_train: int = 10000
     n_val: int = 500
     n_test: int = 2000
+    # NTU RGB+D 120 (read only by the ntu120 dataset): frames per sequence after resampling,
+    # and the official benchmark split, "xsub" (cross-subject) or "xset" (cross-setup)
+    ntu_frames: int = 32
+    ntu_split: str = "xsub"
+    # UCF101 (read only by the ucf101 dataset): frames per clip (uniformly spaced over the video),
+    # and which official train/test list, 1..3
+    ucf_frames: int = 8
+    ucf_split: int = 1
 
     # --- shared training recipe (identical for every model)
     latent_dim: int = 32
@@ -56,15 +64,22 @@ class Protocol:
     sample_steps: int = 50
     guidance_scale: float = 1.0
     cond_dropout: float = 0.2
+    # ShaLa's latent denoiser (plugins/latent_diffusion.py): residual-MLP width and depth, DDIM eta
+    # (0 = deterministic DDIM, 1 = ancestral); the paper does not publish them.
+    shala_denoiser_width: int = 256
+    shala_denoiser_depth: int = 3
+    shala_ddim_eta: float = 0.0
 
     # --- evaluation
-    classifier_epochs: int = 3
+    classifier_epochs: int = 6
     classifier_batch: int = 256
     eval_n: int = 1000  # test tuples for conditional coherence and probes
     joint_n: int = 1000  # unconditional samples for joint coherence
     max_subsets_per_k: int = 10  # when M > 5, a seeded sample of subsets per size k
     fid_n: int = 0  # Inception-FID samples; 0 = off
     fd_n: int = 1000  # in-domain Frechet-distance samples
+    fid_cond_subsets: int = 0  # conditional FID: source subsets per size k (0 = coherence's); Inception is slow
+    probe_n: int = 1000  # train-split encodings the latent probe is fitted on (tested on eval_n test tuples)
 
     # --- numerics (recorded; off by default)
     bf16: bool = False
@@ -89,13 +104,18 @@ class Protocol:
 PROFILES: dict[str, dict] = {
     # Seconds: for tests. Numbers are too small to mean anything.
     "smoke": dict(n_train=256, n_val=32, n_test=64, batch_size=32, steps=6, checkpoint_every=3, log_every=2,
-                  prior_steps=6, diffusion_T=50, sample_steps=5, classifier_epochs=1, eval_n=64, joint_n=64,
+                  prior_steps=6, diffusion_T=50, sample_steps=5, classifier_epochs=1, eval_n=64, joint_n=64, probe_n=32,
                   fd_n=64, iwae_k=2),
     # Minutes on a 2-core CPU.
     "quick": dict(),
     # The published recipe, for GPUs.
     "paper": dict(),
 }
+
+# The evaluation section: `shala-bench eval` re-evaluates a checkpoint with these taken from the
+# current profile (everything else from the run's record, so the trained model still fits).
+EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n", "max_subsets_per_k", "fid_n",
+                     "fd_n", "fid_cond_subsets", "probe_n")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _FIXED = {"dataset", "profile", "protocol_version"}
@@ -163,6 +183,11 @@ def validate(p: Protocol, dataset_entry=None) -> None:
     for k in ("shala_modality_dropout", "cond_dropout"):
         if not 0.0 <= getattr(p, k) < 1.0:
             raise ProtocolError(f"{k} must be in [0, 1), got {getattr(p, k)}")
+    for k in ("shala_embed_dim", "shala_denoiser_width", "shala_denoiser_depth"):  # ShaLa's network sizes
+        if getattr(p, k) <= 0:
+            raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
+    if not 0.0 <= p.shala_ddim_eta <= 1.0:
+        raise ProtocolError(f"shala_ddim_eta must be in [0, 1], got {p.shala_ddim_eta}")
     lo, hi = getattr(dataset_entry, "modality_range", (1, 10**6))
     if not lo <= p.n_modalities <= hi:
         raise ProtocolError(f"n_modalities={p.n_modalities} not supported by {p.dataset}: use {lo}..{hi}")

@@ -31,8 +31,8 @@ class DatasetEntry:
     description: str
     profiles: dict = field(default_factory=dict)  # profile -> protocol overrides
     modality_range: tuple[int, int] = (1, 10**6)
-    prepare: Callable[..., Any] | None = None  # (root, cache_dir) for datasets built from local files
-    info: Callable[..., Any] | None = None
+    prepare: Callable[..., Any] | None = None  # (root, protocol, cache_dir=None, progress=True) -> report dict
+    info: Callable[..., Any] | None = None  # (protocol, cache_dir=None) -> dict for `data info`
 
 
 @dataclass(frozen=True)

@@ -172,10 +172,12 @@ class Trainer:
         t_stage = time.perf_counter()
         done_before = self.state.seconds.get(stage, 0.0)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=p.bf16)
+        # protocol.compile (off by default, recorded): the model's loss through torch.compile
+        loss_fn = torch.compile(self.model.loss) if p.compile else self.model.loss
         for step in range(start, steps):
             batch = stream.batch(step)
             with autocast:
-                loss, logs = self.model.loss(batch, stage)
+                loss, logs = loss_fn(batch, stage)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if p.grad_clip > 0:

@@ -29,6 +29,7 @@ def test_wheel_namespaces_plugins_and_baselines(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "shala_bench/baselines/mvae.py" in names
     assert "shala_bench/plugins/__init__.py" in names
+    assert "shala_bench/commands/run.py" in names and "shala_bench/data/cache.py" in names
     tops = {n.split("/")[0] for n in names}
     assert not {"baselines", "plugins", "tests"} & tops, tops
     eps = next(n for n in names if n.endswith("entry_points.txt"))

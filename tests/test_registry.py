@@ -13,7 +13,7 @@ def test_builtins_come_through_the_entry_point_group():
 
 
 def test_unknown_name_suggests_close_matches():
-    with pytest.raises(UnknownNameError, match=r"did you mean mvae\?"):
+    with pytest.raises(UnknownNameError, match=r"did you mean mvae[,?]"):
         get_registry().get_model("mave")
 
 

@@ -20,6 +20,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if it has one")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--inception-weights", metavar="PATH", default=None,
+                   help="local Inception weights for FID (weights-inception-2015-12-05-6726825d.pth, sha256-checked; "
+                        "default: $SHALA_BENCH_INCEPTION_WEIGHTS or torch hub's checkpoints folder); never downloaded")
 
 
 def cmd_run(args) -> int:
@@ -28,7 +31,10 @@ def cmd_run(args) -> int:
 
     spec = RunSpec(model=args.model, dataset=args.dataset, profile=args.profile, seed=args.seed,
                    overrides=tuple(parse_overrides(args.overrides).items()), results=args.results,
-                   resume=args.resume, device=args.device, progress=not args.no_progress)
+                   resume=args.resume, device=args.device, progress=not args.no_progress,
+                   inception_weights=args.inception_weights)
+    if args.executor != "inline":
+        return run_elsewhere(args, spec)
     rec = run_one(spec)
     path = Path(args.results) / rec.dataset / rec.model / rec.run_id / "record.json"
     if not rec.ok:
@@ -42,9 +48,30 @@ def cmd_run(args) -> int:
     print(f"record: {path}")
     return 0
 
+def run_elsewhere(args, spec) -> int:
+    """--executor local|slurm: the run as a one-cell sweep, so `status` and `cancel` work on it too."""
+    from shala_bench import sweep as sw
+    from shala_bench.cluster import load_profile
+    from shala_bench.commands.sweep import finish
+    from shala_bench.executors import make_executor
+
+    grid = sw.Grid(models=(spec.model,), dataset=spec.dataset, seeds=(spec.seed,), profile=spec.profile,
+                   overrides=spec.overrides, device=spec.device, resume=spec.resume,
+                   inception_weights=spec.inception_weights)
+    ex = make_executor(args.executor, 1, load_profile(args.cluster) if args.executor == "slurm" else None)
+    m = sw.create_sweep(grid, args.results, sw.new_sweep_name(args.results, prefix=f"run-{spec.model}"))
+    print(f"run {m.name}: {spec.model} seed {spec.seed} with --executor {ex.kind}; manifest {m.path}", flush=True)
+    sub = sw.launch(m, ex, [0])
+    return finish(m, sub, args)
+
+
 def add_parser(sub) -> None:
+    from shala_bench.commands.sweep import add_executor_args
+
     p = sub.add_parser("run", help="train and evaluate one model on one dataset; writes a run record",
                        description="Train one model under a protocol profile, evaluate it and write "
                                "<results>/<dataset>/<model>/<run_id>/record.json (run_id = seed, M, protocol hash).")
     add_run_args(p)
+    add_executor_args(p, "inline")
+    p.add_argument("--wait", action="store_true", help="slurm: wait for the job to finish and print its status")
     p.set_defaults(func=cmd_run)

@@ -35,13 +35,25 @@ def cache_key(payload: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Modality columns keep their dtype when it is one of these (pixels: uint8; token ids: ints;
+# continuous signals such as skeleton coordinates: float32); anything else is stored as uint8.
+_KEPT_DTYPES = (np.uint8, np.int16, np.int32, np.int64, np.float32)
+
+
+def _stored_dtype(dtype: np.dtype) -> type:
+    if dtype == np.float64 or dtype == np.float16:
+        return np.float32
+    return next((t for t in _KEPT_DTYPES if dtype == t), np.uint8)
+
+
 def _to_arrow(split: Split):
     import pyarrow as pa
 
     cols = {}
     for name, arr in split.data.items():
-        a = np.ascontiguousarray(arr.numpy() if isinstance(arr, torch.Tensor) else arr, dtype=np.uint8)
-        flat = pa.array(a.reshape(-1), type=pa.uint8())
+        a = np.asarray(arr.numpy() if isinstance(arr, torch.Tensor) else arr)
+        a = np.ascontiguousarray(a, dtype=_stored_dtype(a.dtype))
+        flat = pa.array(a.reshape(-1))
         cols[name] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(a.shape[1:])))
     labels = split.labels.numpy() if isinstance(split.labels, torch.Tensor) else np.asarray(split.labels)
     if labels.ndim == 1:
@@ -57,9 +69,10 @@ def _from_arrow(ds, spec: DatasetSpec) -> Split:
     for m in spec.modalities:
         col = table.column(m.name).combine_chunks()
         flat = col.flatten().to_numpy(zero_copy_only=False)
-        data[m.name] = torch.from_numpy(np.array(flat, dtype=np.uint8).reshape(-1, *m.shape))
+        dtype = np.dtype(col.type.value_type.to_pandas_dtype())  # as stored by _to_arrow
+        data[m.name] = torch.from_numpy(np.array(flat, dtype=dtype).reshape(-1, *m.shape))
     lab = table.column("label").combine_chunks()
-    if hasattr(lab, "flatten") and lab.type.num_fields == 0 and str(lab.type).startswith("fixed_size_list"):
+    if str(lab.type).startswith("fixed_size_list"):  # (N, C) labels: multi-label data, or labels plus metadata
         labels = torch.from_numpy(lab.flatten().to_numpy().reshape(len(lab), -1).copy())
     else:
         labels = torch.from_numpy(lab.to_numpy().copy())

@@ -14,6 +14,7 @@ class ModalitySpec:
     kind: str  # "image" | "skeleton" | "video" | "text": picks the harness backbone
     shape: tuple[int, ...]  # shape of one sample, e.g. (3, 28, 28)
     likelihood: str = "laplace"  # "laplace" | "bernoulli" | "categorical" | "gaussian"
+    vocab_size: int = 0  # text only: token ids are in [0, vocab_size); 0 for every other kind
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+import hashlib
+import json
+
+import pytest
+
+from conftest import smoke_spec
+from shala_bench import trainer
+from shala_bench.cli import main
+from shala_bench.launch import run_one
+from shala_bench.results import read_record
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def finished(results):
+    rec = run_one(smoke_spec("mvae", results))
+    assert rec.ok
+    return rec, results / "polymnist-synth" / "mvae" / rec.run_id
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    def refuse(self, *a, **kw):
+        raise AssertionError("eval must not train")
+
+    monkeypatch.setattr(trainer.Trainer, "fit", refuse)
+
+
+def test_eval_writes_a_new_record_for_the_same_checkpoint_without_retraining(finished, no_training, capsys):
+    rec, folder = finished
+    ck = folder / "checkpoint.pt"
+    before = sha(ck)
+    assert main(["eval", str(folder), "--set", "fd_n=32", "--set", "probe_n=64"]) == 0
+    out = capsys.readouterr().out
+    new_path = next(p for p in (folder.parent).glob("*/record.json") if p.parent != folder)
+    assert str(new_path) in out
+    new = read_record(new_path)
+    assert new.ok and new.protocol["fd_n"] == 32 and new.protocol["probe_n"] == 64
+    assert new.protocol_hash != rec.protocol_hash and new.run_id.endswith(new.protocol_hash[:12])
+    assert (new_path.parent / new.checkpoint).resolve() == ck.resolve() and sha(ck) == before
+    assert (new_path.parent / new.artifacts["source_record"]).resolve() == (folder / "record.json").resolve()
+    assert (new_path.parent / new.artifacts["samples_joint"]).is_file()
+    # same weights and seeded evaluation: what the new settings do not touch is unchanged
+    assert new.metrics["test_nll"] == pytest.approx(rec.metrics["test_nll"])
+    assert new.metrics["coherence_cond_mean"] == pytest.approx(rec.metrics["coherence_cond_mean"])
+    assert new.metrics["fd_n"] == 32 and new.metrics["probe_n_train"] == 64
+    assert new.timings["train_s"] == rec.timings["train_s"] and new.timings["eval_s"] > 0
+    t = new.timings
+    assert t["eval_fraction_of_train"] == pytest.approx(t["eval_s"] / t["train_s"], rel=1e-2)
+    assert read_record(folder / "record.json").protocol_hash == rec.protocol_hash  # the original is untouched
+    # a re-evaluated record can itself be re-evaluated: its checkpoint is traced back to the training run
+    assert main(["eval", str(new_path), "--set", "fd_n=16"]) == 0
+    again = read_record(next(p for p in folder.parent.glob("*/record.json") if '"fd_n": 16' in p.read_text()))
+    assert (folder.parent / again.run_id / again.checkpoint).resolve() == ck.resolve()
+
+
+def test_eval_under_the_same_protocol_replaces_the_record_and_keeps_the_previous(finished, no_training):
+    rec, folder = finished
+    old = (folder / "record.json").read_text()
+    assert main(["eval", str(folder / "record.json")]) == 0
+    assert (folder / "record.previous.json").read_text() == old
+    new = read_record(folder / "record.json")
+    assert new.protocol_hash == rec.protocol_hash and new.checkpoint == "checkpoint.pt"
+    assert new.artifacts["source_record"] == "record.previous.json"
+    assert new.created >= rec.created
+    # once more: the re-evaluation is replaced, the training run's record stays
+    assert main(["eval", str(folder)]) == 0
+    assert (folder / "record.previous.json").read_text() == old
+    assert read_record(folder / "record.json").artifacts["source_record"] == "record.previous.json"
+
+
+def test_eval_refuses_to_change_training_settings(finished, capsys):
+    _, folder = finished
+    assert main(["eval", str(folder), "--set", "latent_dim=64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "latent_dim" in err and "evaluation settings" in err
+
+
+def test_eval_of_a_folder_without_a_record_is_one_line_error(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no run record" in err
+
+
+def test_eval_of_an_unfinished_checkpoint_is_refused(finished, capsys):
+    rec, folder = finished
+    blob = json.loads((folder / "record.json").read_text())
+    import torch
+
+    ck = torch.load(folder / "checkpoint.pt", weights_only=True)
+    ck["state"]["completed"] = []
+    torch.save(ck, folder / "checkpoint.pt")
+    assert main(["eval", str(folder)]) == 2
+    assert "has not finished" in capsys.readouterr().err
+    assert json.loads((folder / "record.json").read_text()) == blob  # no partial record

@@ -1,0 +1,149 @@
+"""Sweeps on a REAL single-node SLURM cluster (slurmctld, slurmd, munge, slurmdbd + MariaDB).
+
+The `slurm_cluster` fixture (tests/slurm_cluster.py) starts it with
+../shared/slurm/start-test-cluster.sh; where the daemons cannot start, these tests (and
+only these) skip with the reason. Array tasks run `python -m submitit.core._submit` with
+this interpreter on this machine, so the package under test is the one they import.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from shala_bench import sweep as sw
+from shala_bench.cli import main
+from shala_bench.cluster import load_profile
+from shala_bench.executors import SlurmExecutor
+from shala_bench.results import read_record
+from shala_bench.trainer import load_checkpoint
+from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.slurm
+
+# The smoke profile with a smaller latent-probe fit, to keep each task to seconds.
+TINY = (("probe_n", 32),)
+TIMEOUT_S = 600
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def submit(profile: Path, results: Path, name: str, grid: sw.Grid, indices=None):
+    m = sw.create_sweep(grid, results, name=name)
+    sub = sw.launch(m, SlurmExecutor(load_profile(str(profile))), indices or list(range(len(m.cells))), say=quiet)
+    return m, sub
+
+
+def wait_for(predicate, timeout_s: float = TIMEOUT_S, poll_s: float = 0.1):
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"condition not met in {timeout_s}s")
+
+
+def test_array_sweep_of_four_smoke_cells_yields_four_ok_records_and_a_correct_status(slurm_cluster, tmp_path, capsys):
+    results = tmp_path / "runs"
+    grid = sw.Grid(models=("mvae",), seeds=(0, 1), modalities=(2, 3), profile="smoke", overrides=TINY)
+    m, sub = submit(slurm_cluster, results, "array4", grid)
+
+    # ONE job array: every cell is a task of the same job, at most 2 at once (the profile)
+    A = sub.array_id
+    assert sorted(sub.jobs.values()) == [f"{A}_{i}" for i in range(4)]
+    script = next(m.log_folder.rglob("*_submission.sh")).read_text()
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --partition=debug" in script
+
+    rows = sw.wait(m, poll_s=1.0, timeout_s=TIMEOUT_S)
+    assert [r.state for r in rows] == ["done"] * 4, sw.status_table(rows)
+    records = [read_record(m.run_dir(i) / "record.json") for i in range(4)]
+    assert all(r.ok for r in records)
+    assert [(r.seed, r.n_modalities) for r in records] == [(0, 2), (1, 2), (0, 3), (1, 3)]
+    assert {r.hardware["slurm_array_job_id"] for r in records} == {A}
+    assert sorted(r.hardware["slurm_array_task_id"] for r in records) == ["0", "1", "2", "3"]
+
+    capsys.readouterr()
+    assert main(["status", "array4", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    lines = [ln.split() for ln in out.splitlines() if ln.strip().split()[:1] in (["0"], ["1"], ["2"], ["3"])]
+    assert [(ln[1], ln[2], ln[3], ln[4], ln[5]) for ln in lines] == [
+        ("mvae", "0", "2", "done", f"{A}_0"), ("mvae", "1", "2", "done", f"{A}_1"),
+        ("mvae", "0", "3", "done", f"{A}_2"), ("mvae", "1", "3", "done", f"{A}_3")]
+    assert out.strip().endswith("4 done")
+
+
+def test_preempted_task_resumes_from_its_checkpoint_and_ends_with_the_uninterrupted_parameters(slurm_cluster, tmp_path):
+    # slow enough that USR2 lands mid-training: 120 small steps, a checkpoint every 4
+    slow = TINY + (("steps", 120), ("checkpoint_every", 4), ("batch_size", 8), ("log_every", 4))
+    grid = sw.Grid(models=("mvae",), seeds=(3,), profile="smoke", overrides=slow)
+    m, sub = submit(slurm_cluster, tmp_path / "preempted", "preempted", grid)
+    ref, _ = submit(slurm_cluster, tmp_path / "reference", "reference", grid)  # runs alongside, untouched
+
+    ck_path = m.run_dir(0) / "checkpoint.pt"
+    wait_for(ck_path.exists)  # training has begun
+    subprocess.run(["scancel", "--signal=USR2", sub.jobs[0]], check=True, timeout=60)
+
+    for sweep in (m, ref):
+        rows = sw.wait(sweep, poll_s=1.0, timeout_s=TIMEOUT_S)
+        assert rows[0].state == "done", sw.status_table(rows)
+    log = next(m.log_folder.rglob("*_log.out")).read_text()
+    assert "SIGUSR2 during training (vae step" in log  # the signal did land mid-run
+    assert "Requeued job" in log
+    preempted, reference = (read_record(s.run_dir(0) / "record.json") for s in (m, ref))
+    assert preempted.ok and reference.ok
+    assert (preempted.restarts, reference.restarts) == (1, 0)
+
+    a, b = load_checkpoint(ck_path), load_checkpoint(ref.run_dir(0) / "checkpoint.pt")
+    assert a["state"]["step"] == b["state"]["step"] == 120 and a["state"]["completed"] == ["vae"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_failing_cell_is_reported_failed_the_others_finish_and_resume_reruns_only_it(slurm_cluster, tmp_path, capsys):
+    results = tmp_path / "runs"
+    grid = sw.Grid(models=("mvae",), seeds=(0, 1), modalities=(2,), profile="smoke", overrides=TINY)
+    m = sw.create_sweep(grid, results, name="flaky")
+    bad = m.run_dir(1) / "checkpoint.pt"  # a corrupt checkpoint: cell 1 raises CheckpointError when it resumes
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    sw.launch(m, SlurmExecutor(load_profile(str(slurm_cluster))), [0, 1], say=quiet)
+
+    rows = sw.wait(m, poll_s=1.0, timeout_s=TIMEOUT_S)
+    assert [r.state for r in rows] == ["done", "failed"], sw.status_table(rows)
+    assert rows[1].detail.startswith("CheckpointError: cannot read checkpoint")
+    assert Path(rows[1].log).is_file() and "CheckpointError" in Path(rows[1].log).read_text()
+    capsys.readouterr()
+    main(["status", "flaky", "--results", str(results)])
+    out = capsys.readouterr().out
+    assert "failed" in out and "CheckpointError: cannot read checkpoint" in out and "1 done, 1 failed" in out
+
+    ok_record = m.run_dir(0) / "record.json"
+    before = ok_record.stat().st_mtime_ns
+    bad.unlink()  # the cause is fixed
+    assert main(["sweep", "--resume", "flaky", "--results", str(results), "--wait"]) == 0
+    m = sw.Manifest.load(m.path)
+    assert [(s.executor, s.cells) for s in m.submissions] == [("slurm", [0, 1]), ("slurm", [1])]
+    assert [r.state for r in sw.sweep_status(m)] == ["done", "done"]
+    assert ok_record.stat().st_mtime_ns == before  # the ok cell was not rerun
+
+
+def test_cancel_stops_the_array_and_status_says_cancelled(slurm_cluster, tmp_path, capsys):
+    results = tmp_path / "runs"
+    endless = TINY + (("steps", 100000), ("checkpoint_every", 1000))
+    grid = sw.Grid(models=("mvae",), seeds=(0, 1, 2), profile="smoke", overrides=endless)
+    m, sub = submit(slurm_cluster, results, "doomed", grid)
+    wait_for(lambda: any(r.state == "running" for r in sw.sweep_status(m)), poll_s=0.5)
+
+    assert main(["cancel", "doomed", "--results", str(results)]) == 0
+    assert f"scancel {sub.array_id}" in capsys.readouterr().out
+    rows = sw.wait(m, poll_s=1.0, timeout_s=120)
+    assert [r.state for r in rows] == ["cancelled"] * 3, sw.status_table(rows)
