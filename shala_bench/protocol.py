@@ -78,7 +78,7 @@ class Protocol:
     max_subsets_per_k: int = 10  # when M > 5, a seeded sample of subsets per size k
     fid_n: int = 0  # Inception-FID samples; 0 = off
     fd_n: int = 1000  # in-domain Frechet-distance samples
-    fid_cond_subsets: int = 0  # conditional FID: source subsets per size k (0 = coherence's); Inception is slow
+    frechet_cond_subsets: int = 0  # conditional FID and FD: source subsets per size k (0 = coherence's)
     probe_n: int = 1000  # train-split encodings the latent probe is fitted on (tested on eval_n test tuples)
 
     # --- numerics (recorded; off by default)
@@ -115,7 +115,7 @@ PROFILES: dict[str, dict] = {
 # The evaluation section: `shala-bench eval` re-evaluates a checkpoint with these taken from the
 # current profile (everything else from the run's record, so the trained model still fits).
 EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n", "max_subsets_per_k", "fid_n",
-                     "fd_n", "fid_cond_subsets", "probe_n")
+                     "fd_n", "frechet_cond_subsets", "probe_n")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _FIXED = {"dataset", "profile", "protocol_version"}

@@ -124,7 +124,7 @@ def test_inception_extractor_without_a_file_refuses_to_download():
 
 def test_fid_plumbing_with_a_tiny_torch_fidelity_extractor(smoke_ctx):
     n = 32
-    ctx = smoke_ctx(fid_n=n, fid_cond_subsets=1)
+    ctx = smoke_ctx(fid_n=n, frechet_cond_subsets=1)
     ex = fid.make_extractor(TINY)
     assert ex.layer == "16" and len(ex.identity) == 16
     res = fid.compute_fid(ctx, ex)

@@ -6,7 +6,7 @@ generated and of real test images, per image modality: for unconditional samples
 (`fid_joint_<m>`, mean `fid_mean`) and for conditional generation of every missing image
 modality from each source subset of the first `fid_n` test tuples, averaged per size k
 (`fid_cond_k<k>`, mean `fid_cond_mean`). The subsets are coherence's, or a seeded
-`fid_cond_subsets` per k (Inception is slow on CPUs).
+`frechet_cond_subsets` per k (Inception is slow on CPUs).
 
 Protocol: `fid_n` generated images per set against the first `fid_n` test images
 (`paper`: 10,000 as in MMVAE+; `quick`: a small count, stamped as `fid_n` and flagged by
@@ -180,9 +180,9 @@ def inception(path: str, device: str) -> Extractor:
 
 # ---------------------------------------------------------------- statistics
 def cond_subsets(modalities: list[str], protocol, seed: int) -> dict[int, list[tuple[str, ...]]]:
-    """Source subsets per size k for conditional FID: coherence's, or a seeded `fid_cond_subsets` per k."""
+    """Source subsets per size k for conditional FID and FD: coherence's, or a seeded `frechet_cond_subsets` per k."""
     by_k = subsets_by_size(modalities, protocol.max_subsets_per_k, protocol.data_seed)
-    n = protocol.fid_cond_subsets
+    n = protocol.frechet_cond_subsets
     if n > 0:
         rng = random.Random(seed)
         by_k = {k: sorted(rng.sample(S, n)) if len(S) > n else S for k, S in by_k.items()}

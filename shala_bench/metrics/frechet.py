@@ -13,8 +13,8 @@ are not comparable with Inception FIDs or across datasets.
 
 Protocol: `fd_n` samples. Unconditional: `fd_n` prior samples of each modality against
 the first `fd_n` test tuples (`fd_joint_<m>`, mean `fd_mean`). Conditional: for the same
-source subsets S as coherence, every missing modality generated from the first `fd_n`
-test tuples' x_S against that modality's test features, averaged per k over subsets and
+source subsets S as coherence (or a seeded `frechet_cond_subsets` per k), every missing
+modality generated from the first `fd_n` test tuples' x_S against that modality's test features, averaged per k over subsets and
 targets (`fd_cond_k<k>`, mean `fd_cond_mean`).
 """
 
@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from shala_bench.hookspecs import hookimpl
-from shala_bench.metrics.coherence import subsets_by_size
 from shala_bench.registry import MetricEntry
 
 EXTRACTOR = "harness-classifier-penultimate"
@@ -89,7 +88,9 @@ def in_domain_frechet(ctx) -> dict:
     # conditional: the missing modalities from each source subset of the test tuples
     if len(model.modalities) > 1:
         per_k = {}
-        for k, subsets in subsets_by_size(model.modalities, p.max_subsets_per_k, p.data_seed).items():
+        from shala_bench.metrics.fid import cond_subsets
+
+        for k, subsets in cond_subsets(model.modalities, p, ctx.seed).items():
             values = []
             for S in subsets:
                 targets = [m for m in model.modalities if m not in S]
