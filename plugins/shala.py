@@ -21,12 +21,16 @@ Stage 1, "vae" (shared with the ablation `shala-noprior`):
   subsets. Would change if the paper's fusion is attention or mean pooling.
 - [ours] Objective, with modality dropout: per sample, S = all modalities with
   probability 1 - p, else (p = shala_modality_dropout) a random proper subset with |S|
-  uniform on 1..M-1; maximise
-      ELBO(X; S) = E_{q(z|X_S)}[Σ_{m=1..M} log p(x_m | z)] − β KL(q(z | X_S) || N(0, I)),
-  a valid bound on log p(X) for any S, reconstructing ALL modalities so that subset
-  posteriors learn to predict the missing ones (MoPoE's subset ELBOs do the same). One
-  ELBO per sample: the cost of a plain joint VAE step. Laplace likelihoods (the harness's).
-  `negative_bound` is −ELBO(X; all) with β = 1 and the Gaussian prior.
+  uniform on 1..M-1; maximise the ELBO of the observed modalities
+      ELBO(X_S) = E_{q(z|X_S)}[Σ_{m∈S} log p(x_m | z)] − β KL(q(z | X_S) || N(0, I)),
+  a valid bound on log p(X_S). One ELBO per sample: the cost of a plain joint VAE step.
+  Laplace likelihoods (the harness's). Why only the observed ones: a first version
+  reconstructed ALL modalities from X_S (as MoPoE's subset terms do); on polymnist-synth
+  the other modalities' random background crops are unpredictable from X_S, the decoders
+  fell back to the average image and z was ignored (quick profile: coherence at chance,
+  decoded std 0.005 vs 0.117 in the data). Cross-modal generation is the diffusion
+  prior's job (stage 2 maps c_S to joint latents). Would change if the paper states a
+  cross-reconstruction term. `negative_bound` is −ELBO(X_{1..M}) with β = 1.
 - `encode(X_S)` = μ_S (probe, and the ablation's conditional generation).
 
 Stage 2, "prior" (stage-1 networks frozen):
@@ -124,10 +128,14 @@ class ShaLaVAE(MultimodalVAE):
         drop = torch.rand(B, 1, device=self.device) < self.protocol.shala_modality_dropout
         return torch.where(drop, random_subsets(B, M, 1, M - 1, self.device), full)
 
-    def elbo(self, x: dict[str, Tensor], mu: Tensor, logvar: Tensor, beta: float) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-sample ELBO reconstructing all M modalities from z ~ N(μ, σ²): (elbo, rec, kl)."""
+    def elbo(self, x: dict[str, Tensor], mu: Tensor, logvar: Tensor, beta: float,
+             observed: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample ELBO from z ~ N(μ, σ²) reconstructing the observed modalities (B, M) (default all)."""
         z = reparameterize(mu, logvar)
-        rec = sum(self.log_likelihood(m, x[m], self.decoders[m](z)) for m in self.modalities)
+        rec = 0.0
+        for i, m in enumerate(self.modalities):
+            lp = self.log_likelihood(m, x[m], self.decoders[m](z))
+            rec = rec + (lp if observed is None else lp * observed[:, i].to(lp.dtype))
         kl = kl_to_standard_normal(mu, logvar)
         return rec - beta * kl, rec, kl
 
@@ -136,7 +144,7 @@ class ShaLaVAE(MultimodalVAE):
         h, _ = self.embed(batch)
         S = self.modality_dropout(h.shape[0])
         _, mu, logvar = self.fuse(h, S)
-        elbo, rec, kl = self.elbo(batch, mu, logvar, self.protocol.beta)
+        elbo, rec, kl = self.elbo(batch, mu, logvar, self.protocol.beta, observed=S)
         logs = {"rec": rec.mean().detach(), "kl": kl.mean().detach(), "frac_joint": S.all(1).float().mean()}
         return -elbo.mean(), logs
 
