@@ -71,7 +71,7 @@ class Protocol:
     shala_ddim_eta: float = 0.0
 
     # --- evaluation
-    classifier_epochs: int = 6
+    classifier_epochs: int = 10
     classifier_batch: int = 256
     eval_n: int = 1000  # test tuples for conditional coherence and probes
     joint_n: int = 1000  # unconditional samples for joint coherence

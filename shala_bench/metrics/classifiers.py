@@ -9,6 +9,7 @@ version), so every model is judged by the very same classifier.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from shala_bench.data.spec import LoadedDataset, ModalitySpec, to_float
 from shala_bench.errors import ProtocolError
 from shala_bench.protocol import Protocol
 
-CLASSIFIER_VERSION = 2
+CLASSIFIER_VERSION = 3
 
 
 class ImageClassifier(nn.Module):
@@ -171,6 +172,19 @@ def embed(clf: nn.Module, x: Tensor, batch: int = 1024) -> Tensor:
     return torch.cat([clf.features(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
+def random_affine(x: Tensor, g: torch.Generator, degrees: float = 12.0, scale: float = 0.1,
+                  shift_px: float = 2.0) -> Tensor:
+    """Per-sample random rotation (±degrees), scale (1 ± scale) and shift (± shift_px) of images (B, C, H, W)."""
+    B, H = x.shape[0], x.shape[-1]
+    ang = (torch.rand(B, generator=g) - 0.5) * 2 * math.radians(degrees)
+    sc = 1 + (torch.rand(B, generator=g) - 0.5) * 2 * scale
+    t = (torch.rand(B, 2, generator=g) - 0.5) * 2 * (2 * shift_px / H)  # affine_grid works in [-1, 1]
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1).to(x)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+
+
 def _train_one(spec: ModalitySpec, data: LoadedDataset, protocol: Protocol, device) -> tuple[nn.Module, float]:
     torch.manual_seed(1234)  # the classifier is part of the protocol: same weights for every caller
     clf = make_classifier(spec, data.spec.n_classes).to(device)
@@ -179,8 +193,9 @@ def _train_one(spec: ModalitySpec, data: LoadedDataset, protocol: Protocol, devi
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=protocol.classifier_epochs * steps_per_epoch)
     g = torch.Generator().manual_seed(0)
-    # small random shifts: test digits are handwriting instances never seen in training
-    shift = spec.kind == "image"
+    # random affine jitter: test digits are handwriting instances never seen in training
+    # (shifts alone: 0.93-0.97 test accuracy on polymnist-synth; with rotation and scale: 0.97-0.98)
+    jitter = spec.kind == "image"
     loss_fn = nn.BCEWithLogitsLoss() if data.spec.multilabel else nn.CrossEntropyLoss()
     clf.train()
     for _ in range(protocol.classifier_epochs):
@@ -189,9 +204,8 @@ def _train_one(spec: ModalitySpec, data: LoadedDataset, protocol: Protocol, devi
             idx = perm[i:i + protocol.classifier_batch]
             target = y[idx].float() if data.spec.multilabel else y[idx]
             xb = to_float(x[idx])
-            if shift:
-                dy, dx = torch.randint(-2, 3, (2,), generator=g).tolist()
-                xb = torch.roll(xb, (dy, dx), (-2, -1))
+            if jitter:
+                xb = random_affine(xb, g)
             loss = loss_fn(clf(xb), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
