@@ -14,7 +14,7 @@ def _run(argv, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["run", "--model", "mvea", "--profile", "smoke"], "unknown model 'mvea' (did you mean mvae?)"),
+    (["run", "--model", "mvea", "--profile", "smoke"], "unknown model 'mvea' (did you mean mvae"),
     (["run", "--model", "mvae", "--dataset", "polymnist-synt"], "unknown dataset 'polymnist-synt'"),
     (["run", "--model", "mvae", "--set", "stepz=3"], "--set stepz: unknown protocol key (did you mean steps"),
     (["run", "--model", "mvae", "--set", "steps=many"], "--set steps=many: expected int"),
