@@ -115,7 +115,9 @@ PROFILES: dict[str, dict] = {
 # The evaluation section: `shala-bench eval` re-evaluates a checkpoint with these taken from the
 # current profile (everything else from the run's record, so the trained model still fits).
 EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n", "max_subsets_per_k", "fid_n",
-                     "fd_n", "frechet_cond_subsets", "probe_n")
+                     "fd_n", "frechet_cond_subsets", "probe_n",
+                     # sampling settings of a trained diffusion prior: read only at generation time
+                     "sample_steps", "guidance_scale", "shala_ddim_eta")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _FIXED = {"dataset", "profile", "protocol_version"}
