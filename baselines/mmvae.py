@@ -61,9 +61,7 @@ class MMVAE(MultimodalVAE):
 
     # ------------------------------------------------------------ the mixture of experts
     def experts(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
-        names = self.check_subset(x)
-        stats = [self.encoders[m](x[m]) for m in names]
-        return torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats]), names  # (|S|, B, D) x2
+        return self.unimodal_experts(x)  # (|S|, B, D) x2, names
 
     @staticmethod
     def log_q_mixture(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

@@ -102,9 +102,7 @@ class MoPoE(MultimodalVAE):
         self.decoders = make_decoders(spec.modalities, D)
 
     def experts(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
-        names = self.check_subset(x)
-        stats = [self.encoders[m](x[m]) for m in names]
-        return torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats]), names  # (|S|, B, D) x2
+        return self.unimodal_experts(x)  # (|S|, B, D) x2, names
 
     def subset_posterior(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """q̃(z | X_S) for the observed subset S: the product of its experts (+ prior if S is all M)."""

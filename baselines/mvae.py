@@ -37,11 +37,7 @@ class MVAE(MultimodalVAE):
         self.decoders = make_decoders(spec.modalities, D)
 
     def experts(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
-        names = self.check_subset(x)
-        stats = [self.encoders[m](x[m]) for m in names]
-        mu = torch.stack([s[0] for s in stats])  # (|S|, B, D)
-        logvar = torch.stack([s[1] for s in stats])
-        return mu, logvar, names
+        return self.unimodal_experts(x)  # (|S|, B, D) x2, names
 
     def posterior(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         mu, logvar, _ = self.experts(x)

@@ -79,6 +79,12 @@ class MultimodalVAE(nn.Module):
             raise ProtocolError(f"expected a non-empty subset of {self.modalities}, got {sorted(x)}")
         return names
 
+    def unimodal_experts(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
+        """Gaussian experts q(z | x_m) of the observed modalities from `self.encoders`: mu, logvar (|S|, B, D), names."""
+        names = self.check_subset(x)
+        stats = [self.encoders[m](x[m]) for m in names]
+        return torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats]), names
+
     def log_likelihood(self, name: str, x: Tensor, mean: Tensor) -> Tensor:
         """log p(x_m | z) per sample, for the modality's likelihood; mean may have extra leading dims."""
         lik = self.spec.modality(name).likelihood
