@@ -27,7 +27,8 @@ def cmd_compare(args) -> int:
     else:
         protocols = {r.protocol_hash: r.protocol for r in records}
         print(compare_markdown(tables, protocols))
-    if args.out:
+    # the Markdown view also writes the pages; csv and json are for pipes and only print
+    if args.format == "md" and tables and not args.no_write:
         for path in write_leaderboards(records, Path(args.out), args.dataset, records_dir=Path(args.results)):
             print(f"wrote {path}")
     return 0
@@ -46,5 +47,8 @@ def add_parser(sub) -> None:
                    help="metric column to show (repeatable or comma-separated; default: the main ones present)")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md",
                    help="md (Markdown tables), csv (one line per table, model and metric) or json (default: %(default)s)")
-    p.add_argument("--out", help="also write the leaderboard pages (<dataset>.md, README.md, plots/) into this folder")
+    p.add_argument("--out", default="leaderboards",
+                   help="with --format md, also write the leaderboard pages (<dataset>.md, README.md, plots/) here "
+                        "(default: %(default)s)")
+    p.add_argument("--no-write", action="store_true", help="print only; write no pages")
     p.set_defaults(func=cmd_compare)
