@@ -18,7 +18,7 @@ from shala_bench.errors import ShalaBenchError
 from shala_bench.protocol import make_protocol
 from shala_bench.results import (RunRecord, git_commit, hardware, now, package_versions, run_dir, run_id,
                                  write_record)
-from shala_bench.trainer import NonFiniteLoss, Preempted, Trainer
+from shala_bench.trainer import NonFiniteLoss, Preempted, Trainer, stage_budget
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
     metrics, eval_timings, artifacts = evaluate(model, p, data, prep.dir, spec.seed, dev, spec.cache_dir, registry,
                                                 options={"inception_weights": spec.inception_weights})
     eval_s = time.perf_counter() - t1
-    n_seen = {s: (p.steps if s == "vae" else getattr(p, f"{s}_steps")) * p.batch_size for s in model.stages}
+    n_seen = {s: stage_budget(p, s)[0] * p.batch_size for s in model.stages}
     record.metrics = metrics
     record.timings = {
         "data_s": round(t_data, 3),
