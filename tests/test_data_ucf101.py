@@ -130,7 +130,7 @@ def test_split_lists_pick_train_val_test_and_labels_follow_the_class_folders(tmp
     for s, test_group in ((1, 2), (2, 1)):
         data = ucf101.DATASET.load(smoke_protocol(ucf_split=s, n_val=2), cache)
         sp = data.splits
-        assert data.source["ucf_split"] == s  # recorded, and part of the classifiers' cache key
+        assert data.source["ucf_split"] == s  # recorded in every run record
         assert (len(sp["train"]), len(sp["val"]), len(sp["test"])) == (4, 2, 6)
         assert sorted(sp["test"].labels.tolist()) == [0, 0, 1, 1, 2, 2]
         # grey level identifies class and group: base 40 ci + 10 g at the first time point
