@@ -1,0 +1,80 @@
+"""Coherence against training steps: the tool for sizing a profile's budget (a benchmark, not a test).
+
+    python benchmarks/learning_curve.py --model mopoe --steps 1000 --every 250
+    python benchmarks/learning_curve.py --model mmvae --steps 1500 --set batch_size=8
+
+Trains one model with the profile's optimiser and batches (the Trainer's own BatchStream)
+and, every `--every` steps, prints one JSON line: the training seconds so far and the
+conditional coherence at k = 1 and k = M-1 and the joint coherence, on `--eval-n` test
+tuples with the harness's cached classifiers. Only the first stage is trained, so a
+two-stage model (ShaLa) is refused: curve its stage-1 ablation (shala-noprior). A budget is large enough when every model's k = 1 coherence has left
+chance (1/C) by its last step; the profile comments quote what this printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from shala_bench.evaluate import EvalContext
+from shala_bench.metrics.coherence import conditional_coherence, joint_coherence
+from shala_bench.protocol import make_protocol, parse_overrides
+from shala_bench.registry import get_registry
+from shala_bench.trainer import BatchStream
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="mopoe")
+    ap.add_argument("--dataset", default="polymnist-synth")
+    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--eval-n", type=int, default=300, help="test tuples per coherence estimate")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override KEY=VALUE")
+    args = ap.parse_args()
+
+    reg = get_registry()
+    ds = reg.get_dataset(args.dataset)
+    over = parse_overrides(args.overrides)
+    p = make_protocol(ds, args.profile, {"eval_n": args.eval_n, "joint_n": 2 * args.eval_n, **over})
+    data = ds.loader(p, None)
+    torch.manual_seed(args.seed)
+    model = reg.get_model(args.model).factory(data.spec, p)
+    if len(model.stages) > 1:
+        raise SystemExit(f"error: {args.model} trains stages {model.stages}; this script trains only the first "
+                         "(curve its stage-1 ablation, e.g. shala-noprior)")
+    stream = BatchStream(data.splits["train"], p.batch_size, args.seed, 0, "cpu")
+    opt = torch.optim.Adam(model.stage_parameters("vae"), lr=p.lr)
+    M, train_s = p.n_modalities, 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        for s in range(1, args.steps + 1):
+            model.train()
+            loss, _ = model.loss(stream.batch(s), "vae")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if s % args.every and s != args.steps:
+                continue
+            train_s += time.perf_counter() - t0
+            model.eval()
+            ctx = EvalContext(model, p, data, torch.device("cpu"), Path(tmp), args.seed)
+            with torch.no_grad():
+                c = conditional_coherence(ctx)
+                j = joint_coherence(ctx)
+            print(json.dumps({"model": args.model, "M": M, "batch": p.batch_size, "step": s,
+                              "train_s": round(train_s, 1), "k1": round(c["coherence_cond_k1"], 3),
+                              f"k{M - 1}": round(c[f"coherence_cond_k{M - 1}"], 3),
+                              "joint": j["coherence_joint"]}), flush=True)
+            t0 = time.perf_counter()
+
+
+if __name__ == "__main__":
+    main()
