@@ -8,6 +8,7 @@ record is written; a failure during training is recorded as ``failed: <reason>``
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,12 @@ def prepare(spec: RunSpec, registry=None) -> Prepared:
                     pick_device(spec.device))
 
 
+def restarts(trainer: Trainer) -> int:
+    """Restarts of this run: resumed checkpoints, or SLURM's requeue count when the job was requeued
+    before its first checkpoint (then nothing was resumed, yet the job did restart)."""
+    return max(trainer.state.restarts, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+
+
 def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
     """Train and evaluate one cell; returns its record (also written to disk)."""
     from shala_bench.evaluate import evaluate
@@ -95,14 +102,14 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
         state = trainer.fit(resume=spec.resume)
     except NonFiniteLoss as e:
         record.status = f"failed: nan at step {e.step}"
-        record.restarts = trainer.state.restarts
+        record.restarts = restarts(trainer)
         write_record(record, prep.dir)
         return record
     except (Preempted, ShalaBenchError, KeyboardInterrupt):
         raise
     except Exception as e:
         record.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        record.restarts = trainer.state.restarts
+        record.restarts = restarts(trainer)
         write_record(record, prep.dir)
         raise
     train_s = sum(state.seconds.values())
@@ -122,7 +129,7 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
         **eval_timings,
     }
     record.artifacts = artifacts
-    record.restarts = state.restarts
+    record.restarts = restarts(trainer)
     record.status = "ok"
     write_record(record, prep.dir)
     return record

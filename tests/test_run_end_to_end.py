@@ -66,3 +66,12 @@ def test_nan_loss_ends_the_run_as_failed_with_the_step(results):
     assert 0 <= step < 6
     on_disk = load_records(results)
     assert len(on_disk) == 1 and on_disk[0].status == rec.status
+
+
+def test_a_requeue_before_the_first_checkpoint_still_counts_as_a_restart(tmp_path, monkeypatch):
+    # SLURM requeued the job before it wrote a checkpoint: nothing is resumed, the record still says 1
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"steps": 2}))
+    assert rec.ok and rec.restarts == 1
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    assert run_one(smoke_spec("mvae", tmp_path / "b", overrides={"steps": 2})).restarts == 0
