@@ -7,8 +7,9 @@ Trains one model with the profile's optimiser and batches (the Trainer's own Bat
 and, every `--every` steps, prints one JSON line: the training seconds so far and the
 conditional coherence at k = 1 and k = M-1 and the joint coherence, on `--eval-n` test
 tuples with the harness's cached classifiers. Only the first stage is trained, so a
-two-stage model (ShaLa) is refused: curve its stage-1 ablation (shala-noprior). A budget is large enough when every model's k = 1 coherence has left
-chance (1/C) by its last step; the profile comments quote what this printed.
+two-stage model (ShaLa) is refused: curve its stage-1 ablation (shala-noprior). A budget
+is large enough when every model's k = 1 coherence has left chance (1/C) by its last
+step; the profile comments quote what this printed.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main() -> None:
     opt = torch.optim.Adam(model.stage_parameters("vae"), lr=p.lr)
     M, train_s = p.n_modalities, 0.0
     with tempfile.TemporaryDirectory() as tmp:
+        # one context for the whole curve: it holds the model by reference and loads the classifiers once
+        ctx = EvalContext(model, p, data, torch.device("cpu"), Path(tmp), args.seed)
         t0 = time.perf_counter()
         for s in range(1, args.steps + 1):
             model.train()
@@ -65,7 +68,6 @@ def main() -> None:
                 continue
             train_s += time.perf_counter() - t0
             model.eval()
-            ctx = EvalContext(model, p, data, torch.device("cpu"), Path(tmp), args.seed)
             with torch.no_grad():
                 c = conditional_coherence(ctx)
                 j = joint_coherence(ctx)
