@@ -38,13 +38,18 @@ BOUND_SUFFIX = "_bound"  # metric "<m>_bound" (a string) names the bound that me
 ALPHA = 0.05  # one-sided Welch's t-test level of the significance mark
 SIG_MARK = "†"
 QUICK_FID_MARK = "‡"
+CHANCE_MARK = "§"
+CHANCE_P = 0.01  # one-sided binomial test level of "above chance"
 LEGEND = (
     "Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). "
     "**Bold**: the best mean of the column (↑ higher is better, ↓ lower is better). "
     f"{SIG_MARK}: the best is better than the runner-up beyond seed noise — one-sided Welch's t-test over seeds "
     f"(`scipy.stats.ttest_ind(equal_var=False)`), p < {ALPHA}, tested only where both have ≥ 2 seeds. "
     "Rows with different protocol hashes are never ranked together; a bound (e.g. test_nll) is ranked only "
-    "against the same bound, named in brackets."
+    "against the same bound, named in brackets. "
+    f"{CHANCE_MARK}: a coherence cell with at least one seed whose conditional coherence is not above chance — "
+    f"one-sided binomial test of its hits among the min(eval_n, n_test) test tuples against 1/C "
+    f"(`scipy.stats.binomtest`), p ≥ {CHANCE_P}; such a seed's coherences are not a result."
 )
 _K_METRIC = re.compile(r"^coherence_cond_k(\d+)$")
 
@@ -64,7 +69,39 @@ def family_hash(protocol: dict) -> str:
 
 
 # ----------------------------------------------------------------- records -> frame
-META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protocol_hash", "family_hash"]
+META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protocol_hash", "family_hash",
+        "chance_level", "at_chance"]
+
+
+def coherence_chance(r: RunRecord) -> float | None:
+    """The chance level of r's conditional coherence: recorded by the evaluation, or for records written
+    before it was, the registered dataset's; None when unknown or multi-label (AUROC is not a proportion)."""
+    v = r.metrics.get("coherence_cond_chance")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    from shala_bench.registry import get_registry
+
+    entry = get_registry().datasets.get(r.dataset)
+    return getattr(entry.entry, "coherence_chance", None) if entry else None
+
+
+def not_above_chance(coherence: float, chance: float, n: int) -> bool:
+    """One-sided binomial test: are round(coherence * n) hits in n tuples no better than chance (p >= CHANCE_P)?
+
+    The coherence is a mean over subsets and generated modalities of the same n test tuples; treating it as
+    n independent hits overstates its noise, so the test flags a borderline seed rather than pass it."""
+    from scipy.stats import binomtest
+
+    hits = min(n, max(0, round(coherence * n)))
+    return bool(binomtest(hits, n, chance, alternative="greater").pvalue >= CHANCE_P)
+
+
+def _chance_of(r: RunRecord) -> tuple[float, bool]:
+    chance, coh = coherence_chance(r), r.metrics.get("coherence_cond_mean")
+    n = min(int(r.protocol.get("eval_n", 0)), int(r.protocol.get("n_test", 0)))
+    if chance is None or not isinstance(coh, (int, float)) or n <= 0:
+        return math.nan, False
+    return chance, not_above_chance(float(coh), chance, n)
 
 
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -78,6 +115,7 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
         row = {"dataset": r.dataset, "model": r.model, "seed": r.seed, "M": r.n_modalities, "profile": r.profile,
                "protocol_version": r.protocol.get("protocol_version", 0), "protocol_hash": r.protocol_hash,
                "family_hash": family_hash(r.protocol)}
+        row["chance_level"], row["at_chance"] = _chance_of(r)
         row.update({k: float(v) for k, v in r.metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
         # The name of the bound behind a bound-valued metric (test_nll -> test_nll_bound = "elbo", ...).
@@ -96,6 +134,7 @@ class Cell:
     best: bool = False
     significant: bool = False  # the best, and beyond seed noise vs the runner-up
     bound: str = ""  # for a bound-valued metric: the name of the bound, ranked only against the same bound
+    at_chance: int = 0  # coherence metrics: seeds whose conditional coherence is not above chance
 
     @property
     def n(self) -> int:
@@ -113,6 +152,16 @@ class Cell:
 
 def cell(values) -> Cell:
     return Cell(tuple(float(v) for v in values if v is not None and not math.isnan(float(v))))
+
+
+def metric_cell(g: pd.DataFrame, metric: str) -> Cell:
+    """The seeds of `g` (one model) for `metric`; a coherence metric also counts its seeds at chance."""
+    if metric not in g:
+        return Cell(())
+    c = cell(g[metric])
+    if metric.startswith("coherence_") and "at_chance" in g:
+        c.at_chance = int(g.loc[g[metric].notna(), "at_chance"].astype(bool).sum())
+    return c
 
 
 def welch_better(best: Cell, other: Cell, lower: bool) -> bool:
@@ -163,7 +212,7 @@ class Table:
                 "rows": [{"model": model, "seeds": seeds,
                           "metrics": {m: {"mean": _num(c.mean), "std": _num(c.std), "n": c.n, "best": c.best,
                                           "significant": c.significant, "lower_is_better": lower_is_better(m),
-                                          **({"bound": c.bound} if c.bound else {})}
+                                          "seeds_at_chance": c.at_chance, **({"bound": c.bound} if c.bound else {})}
                                       for m, c in cells.items()}}
                          for model, (seeds, cells) in self.rows.items()]}
 
@@ -186,7 +235,7 @@ def build_table(part: pd.DataFrame, metrics: list[str]) -> Table:
     t = Table(first["dataset"], int(first["M"]), first["protocol_hash"], first["profile"],
               int(first["protocol_version"]), first["family_hash"], metrics, n_records=len(part))
     for model, g in part.groupby("model", sort=True):
-        cells = {m: cell(g[m]) if m in g else Cell(()) for m in metrics}
+        cells = {m: metric_cell(g, m) for m in metrics}
         for m, c in cells.items():
             if m + BOUND_SUFFIX in g and c.n:
                 c.bound = ",".join(sorted(g[m + BOUND_SUFFIX].dropna().unique()))
@@ -237,6 +286,7 @@ def fmt_cell(c: Cell) -> str:
     if c.best:
         s = f"**{s}**"
     s += SIG_MARK if c.significant else ""
+    s += CHANCE_MARK if c.at_chance else ""
     return f"{s} ({c.bound})" if c.bound else s
 
 
@@ -296,9 +346,9 @@ def compare_csv(tables: list[Table]) -> str:
                              "protocol_version": t.protocol_version, "family_hash": t.family_hash, "model": model,
                              "seeds": seeds, "metric": m, "mean": _num(c.mean), "std": _num(c.std), "n": c.n,
                              "best": c.best, "significant": c.significant, "lower_is_better": lower_is_better(m),
-                             "bound": c.bound})
+                             "seeds_at_chance": c.at_chance, "bound": c.bound})
     cols = ["dataset", "M", "protocol_hash", "profile", "protocol_version", "family_hash", "model", "seeds", "metric",
-            "mean", "std", "n", "best", "significant", "lower_is_better", "bound"]
+            "mean", "std", "n", "best", "significant", "lower_is_better", "seeds_at_chance", "bound"]
     return pd.DataFrame(rows, columns=cols).to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
@@ -340,7 +390,7 @@ def scaling_curves(fam: pd.DataFrame) -> list[Curve]:
     xs = sorted(int(m) for m in fam["M"].unique())
     out = []
     for metric in _present(fam, SCALING_METRICS):
-        cells = {model: {int(M): cell(gm[metric]) for M, gm in g.groupby("M", sort=True)}
+        cells = {model: {int(M): metric_cell(gm, metric) for M, gm in g.groupby("M", sort=True)}
                  for model, g in fam.groupby("model", sort=True)}
         out.append(_rank_curve(Curve(first["dataset"], first["family_hash"], first["profile"],
                                      int(first["protocol_version"]), metric, "number of modalities M", xs, cells)))
@@ -354,7 +404,8 @@ def k_curve(fam: pd.DataFrame) -> tuple[int, Curve] | None:
         ks = sorted(int(m.group(1)) for c in part.columns if (m := _K_METRIC.match(c)) and part[c].notna().any())
         if not ks:
             continue
-        cells = {model: {k: cell(g[f"coherence_cond_k{k}"]) for k in ks} for model, g in part.groupby("model", sort=True)}
+        cells = {model: {k: metric_cell(g, f"coherence_cond_k{k}") for k in ks}
+                 for model, g in part.groupby("model", sort=True)}
         first = part.iloc[0]
         cv = Curve(first["dataset"], first["family_hash"], first["profile"], int(first["protocol_version"]),
                    "coherence_cond", "number of given modalities k", ks, cells)
@@ -407,6 +458,25 @@ def budget_line(p: dict) -> str:
     return line + f"; latent size {p.get('latent_dim')}, β = {p.get('beta')}; {p.get('n_train')} training tuples."
 
 
+def chance_lines(fr: pd.DataFrame) -> list[str]:
+    """Whether every seed left chance, and the seeds that did not (they stay in the means, marked)."""
+    known = fr[fr["chance_level"].notna()] if "chance_level" in fr else fr.iloc[:0]
+    if known.empty:
+        return []
+    levels = ", ".join(f"{c:.3g}" for c in sorted(known["chance_level"].unique()))
+    bad = known[known["at_chance"].astype(bool)]
+    head = (f"Chance: conditional coherence {levels} (1/C for C classes); a seed is above chance when a one-sided "
+            f"binomial test gives p < {CHANCE_P} (see the legend). ")
+    if bad.empty:
+        return [head + f"Every seed of every model is above chance ({len(known)} of {len(known)} records).", ""]
+    rows = [[r.model, str(int(r.M)), str(int(r.seed)), f"{r.coherence_cond_mean:.3f}",
+             f"{r.coherence_joint:.3f}" if "coherence_joint" in bad and not math.isnan(r.coherence_joint) else "–"]
+            for r in bad.sort_values(["model", "M", "seed"]).itertuples()]
+    return [head + f"{len(bad)} of {len(known)} records are not above chance; they stay in the means below, whose "
+            f"coherence cells carry {CHANCE_MARK}:", "",
+            _github(rows, ["model", "M", "seed", "coherence_cond_mean", "coherence_joint"]), ""]
+
+
 def _md_image(alt: str, rel: str) -> str:
     return f"![{alt}]({rel})"
 
@@ -425,11 +495,15 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path]) 
         part = fam.frame[fam.frame["M"] == M]
         rows.append([str(M), f"`{h[:12]}`", str(part["model"].nunique()), str(len(part))])
     lines += [_github(rows, ["M", "protocol hash", "models", "records"]), ""]
+    lines += chance_lines(fam.frame)
+
+    levels = fam.frame["chance_level"].dropna().unique() if "chance_level" in fam.frame else []
+    chance = float(levels[0]) if len(levels) == 1 else None  # of conditional coherence; joint's depends on M
 
     def plot(cv: Curve, name: str, ylabel: str, what: str) -> str:
         path = out / plots_rel / f"{short}-{name}.png"
         line_plot(path, cv.series(), xlabel=cv.xlabel, ylabel=ylabel, title=plot_title(cv, what), models=models,
-                  xticks=cv.xs)
+                  xticks=cv.xs, chance=chance if cv.metric in ("coherence_cond_mean", "coherence_cond") else None)
         written.append(path)
         return _md_image(what, f"{plots_rel}/{path.name}")
 

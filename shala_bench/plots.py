@@ -25,8 +25,10 @@ def model_colors(models: list[str]) -> dict[str, str]:
 
 
 def line_plot(path: Path, series: dict[str, tuple[list, list[float], list[float]]], *, xlabel: str, ylabel: str,
-              title: str, models: list[str] | None = None, xticks: list | None = None) -> Path:
-    """series: model -> (xs, means, stds); a std of NaN (one seed) draws no band at that x."""
+              title: str, models: list[str] | None = None, xticks: list | None = None,
+              chance: float | None = None) -> Path:
+    """series: model -> (xs, means, stds); a std of NaN (one seed) draws no band at that x. `chance`: a
+    dashed line at that y, so a curve's distance from chance is seen at a glance."""
     import matplotlib.style
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -48,6 +50,8 @@ def line_plot(path: Path, series: dict[str, tuple[list, list[float], list[float]
             hi = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
             if any(not math.isnan(s) and s > 0 for s in stds):
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
         if xticks:
             ax.set_xticks(list(xticks))
         ax.set_xlabel(xlabel)

@@ -33,6 +33,9 @@ class DatasetEntry:
     modality_range: tuple[int, int] = (1, 10**6)
     prepare: Callable[..., Any] | None = None  # (root, protocol, cache_dir=None, progress=True) -> report dict
     info: Callable[..., Any] | None = None  # (protocol, cache_dir=None) -> dict for `data info`
+    # Conditional coherence of a model that ignores its input (1/C for C classes), for leaderboards that
+    # read records written before evaluation recorded it; None: multi-label or unknown.
+    coherence_chance: float | None = None
 
 
 @dataclass(frozen=True)

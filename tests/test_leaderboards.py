@@ -171,13 +171,72 @@ def test_ties_share_bold_and_have_no_mark():
     assert not cells["a"].significant and not cells["b"].significant
 
 
+# ----------------------------------------------------------------- chance
+def _binom_upper_tail(hits: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(hits, n + 1))
+
+
+def test_above_chance_is_the_one_sided_binomial_test_at_its_threshold():
+    n, chance = 500, 0.1
+    # The smallest hit count whose upper tail is below 0.01, from the closed form: 0.1 + ~2.3 sd ≈ 0.131.
+    k = next(h for h in range(n + 1) if _binom_upper_tail(h, n, chance) < lb.CHANCE_P)
+    assert 60 < k < 70
+    assert not lb.not_above_chance(k / n, chance, n)
+    assert lb.not_above_chance((k - 1) / n, chance, n)
+    assert lb.not_above_chance(0.09, chance, n) and lb.not_above_chance(0.0, chance, n)
+    assert not lb.not_above_chance(1.0, chance, n)
+
+
+def _coh(model, seed, coh, chance=0.1, **proto):
+    metrics = {"coherence_cond_mean": coh, "coherence_joint": 1.0 if coh < 0.1 else 0.3, "fd_mean": 5.0}
+    if chance is not None:
+        metrics["coherence_cond_chance"] = chance
+    return rec(model, seed, metrics, **dict(dict(eval_n=500, n_test=2000), **proto))
+
+
+def test_a_seed_at_chance_marks_its_models_coherence_cells_only():
+    rs = [_coh("mvae", 0, 0.09), _coh("mvae", 1, 0.60), _coh("mvae", 2, 0.62)]
+    rs += [_coh("mopoe", s, v) for s, v in enumerate([0.5, 0.55, 0.52])]
+    (t,) = lb.compare_tables(rs, metrics=["coherence_cond_mean", "coherence_joint", "fd_mean"])
+    mvae, mopoe = t.rows["mvae"][1], t.rows["mopoe"][1]
+    assert mvae["coherence_cond_mean"].at_chance == 1 and mvae["coherence_joint"].at_chance == 1
+    assert mvae["fd_mean"].at_chance == 0 and mopoe["coherence_cond_mean"].at_chance == 0
+    md = lb.table_markdown(t)
+    assert md.count(lb.CHANCE_MARK) == 2
+    assert "| mvae    | 3       | 0.437 ± 0.300§" in md
+    # The seeds stay in the mean: the mark says the cell holds a non-result, it does not hide it.
+    assert mvae["coherence_cond_mean"].mean == pytest.approx((0.09 + 0.60 + 0.62) / 3)
+
+
+def test_without_the_test_set_size_or_a_chance_level_nothing_is_marked():
+    rs = [_coh("mvae", 0, 0.09, n_test=0), _coh("mvae", 1, 0.05, chance=None)]  # dataset "toy": not registered
+    df = lb.records_frame(rs)
+    assert not df["at_chance"].any() and df["chance_level"].isna().all()
+
+
+def test_records_without_a_recorded_chance_take_the_registered_datasets():
+    r = _coh("mvae", 0, 0.09, chance=None, dataset="polymnist-synth")
+    df = lb.records_frame([r])
+    assert df["chance_level"].iloc[0] == pytest.approx(0.1) and bool(df["at_chance"].iloc[0])
+
+
+def test_page_lists_the_seeds_at_chance_or_says_every_seed_left_it():
+    bad = lb.chance_lines(lb.records_frame([_coh("mvae", 0, 0.09, M=3), _coh("mvae", 1, 0.6, M=3)]))
+    text = "\n".join(bad)
+    assert "1 of 2 records are not above chance" in text and "| mvae    | 3   | 0      | 0.090 " in text
+    good = "\n".join(lb.chance_lines(lb.records_frame([_coh("mvae", 1, 0.6)])))
+    assert "Every seed of every model is above chance (1 of 1 records)." in good
+
+
 # ----------------------------------------------------------------- golden Markdown
 GOLDEN_COMPARE = """\
 Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). **Bold**: the best mean of \
 the column (↑ higher is better, ↓ lower is better). †: the best is better than the runner-up beyond seed noise — \
 one-sided Welch's t-test over seeds (`scipy.stats.ttest_ind(equal_var=False)`), p < 0.05, tested only where both \
 have ≥ 2 seeds. Rows with different protocol hashes are never ranked together; a bound (e.g. test_nll) is ranked \
-only against the same bound, named in brackets.
+only against the same bound, named in brackets. §: a coherence cell with at least one seed whose conditional \
+coherence is not above chance — one-sided binomial test of its hits among the min(eval_n, n_test) test tuples \
+against 1/C (`scipy.stats.binomtest`), p ≥ 0.01; such a seed's coherences are not a result.
 
 ## toy — M = 2 — profile `quick`, protocol v1 `d513efd2f1ab`
 

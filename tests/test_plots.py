@@ -51,3 +51,12 @@ def test_each_model_keeps_its_colour_whatever_the_order():
     a = model_colors(["shala", "mvae", "mopoe"])
     b = model_colors(["mopoe", "mvae", "shala"])
     assert a == b and len(set(a.values())) == 3
+
+
+def test_a_chance_level_draws_a_line(tmp_path):
+    plain = _plot(tmp_path / "a.png").read_bytes()
+    with_chance = line_plot(tmp_path / "b.png", SERIES, xlabel="M", ylabel="coherence_cond_mean ↑", title="t",
+                            xticks=[2, 3, 5, 8], chance=0.1).read_bytes()
+    no_chance = line_plot(tmp_path / "c.png", SERIES, xlabel="M", ylabel="coherence_cond_mean ↑", title="t",
+                          xticks=[2, 3, 5, 8]).read_bytes()
+    assert with_chance != no_chance and plain != with_chance

@@ -222,4 +222,5 @@ PROFILES = {
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "CUB-200-2011 birds: 64x64 image + one of Reed et al.'s 10 captions "
                                              "per sample, 200 classes; needs `shala-bench data prepare cub --root PATH`",
-                         PROFILES, (2, 2), prepare=DATASET.prepare, info=DATASET.info)]
+                         PROFILES, (2, 2), prepare=DATASET.prepare, info=DATASET.info,
+                         coherence_chance=1 / 200)]

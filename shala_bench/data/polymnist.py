@@ -149,4 +149,5 @@ PROFILES = {
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "PolyMNIST (official PNG release, 5 modalities, 10 digits); "
                                              "needs `shala-bench data prepare polymnist --root PATH`",
-                         PROFILES, (2, N_MODALITIES), prepare=DATASET.prepare, info=DATASET.info)]
+                         PROFILES, (2, N_MODALITIES), prepare=DATASET.prepare, info=DATASET.info,
+                         coherence_chance=1 / 10)]

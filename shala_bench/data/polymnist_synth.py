@@ -157,4 +157,5 @@ PROFILES = {
 @hookimpl
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, load, "PolyMNIST-style tuples of real handwritten digits (sklearn) on per-modality "
-                                     "colour textures; embedded, no download", PROFILES, (2, MAX_MODALITIES))]
+                                     "colour textures; embedded, no download", PROFILES, (2, MAX_MODALITIES),
+                         coherence_chance=1 / 10)]

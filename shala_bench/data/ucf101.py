@@ -259,4 +259,5 @@ PROFILES = {
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "UCF101 action videos: 64x64 RGB clip + RGB-difference motion, 101 "
                                              "classes; needs `shala-bench data prepare ucf101 --root PATH`",
-                         PROFILES, (2, 2), prepare=DATASET.prepare, info=DATASET.info)]
+                         PROFILES, (2, 2), prepare=DATASET.prepare, info=DATASET.info,
+                         coherence_chance=1 / 101)]

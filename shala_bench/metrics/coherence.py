@@ -69,6 +69,8 @@ def conditional_coherence(ctx) -> dict:
         per_k[k] = float(torch.cat(scores).mean())
     res = {f"coherence_cond_k{k}": v for k, v in per_k.items()}
     res["coherence_cond_mean"] = sum(per_k.values()) / len(per_k)
+    if not multilabel:  # kept with the numbers, so a leaderboard can tell a result from chance
+        res["coherence_cond_chance"] = 1.0 / ctx.data.spec.n_classes
     return res
 
 
