@@ -19,7 +19,7 @@ from shala_bench.errors import ShalaBenchError
 from shala_bench.protocol import make_protocol
 from shala_bench.results import (RunRecord, git_commit, hardware, now, package_versions, run_dir, run_id,
                                  write_record)
-from shala_bench.trainer import NonFiniteLoss, Preempted, Trainer, stage_budget
+from shala_bench.trainer import NonFiniteLoss, Preempted, Trainer, stage_budget, write_progress
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
         raise
     train_s = sum(state.seconds.values())
     t1 = time.perf_counter()
+    write_progress(prep.dir, stage="eval")
     metrics, eval_timings, artifacts = evaluate(model, p, data, prep.dir, spec.seed, dev, spec.cache_dir, registry,
                                                 options={"inception_weights": spec.inception_weights})
     eval_s = time.perf_counter() - t1

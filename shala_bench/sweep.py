@@ -336,6 +336,27 @@ def _log_tail(path: str | None) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
+def progress_detail(run_dir: Path) -> str:
+    """Where a running cell is, from its run's progress.json: 'vae 1200/2400, 4.1 steps/s, ~5 min left' or
+    'evaluating'; empty before the first log interval."""
+    from shala_bench.trainer import PROGRESS
+
+    try:
+        d = json.loads((Path(run_dir) / PROGRESS).read_text())
+        if d.get("stage") == "eval":
+            return "evaluating"
+        step, steps, rate = int(d["step"]), int(d["steps"]), d.get("steps_per_s")
+        text = f"{d['stage']} {step}/{steps}"
+        if int(d.get("stages", 1)) > 1:
+            text += f" (stage {d['stage_index']} of {d['stages']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if rate:
+        left = (steps - step) / float(rate)
+        text += f", {float(rate):.1f} steps/s, ~{max(1, round(left / 60))} min left in it"
+    return text
+
+
 def _scheduler_view(m: Manifest) -> dict[int, str]:
     """Each cell's state as its latest submission's executor sees it."""
     from shala_bench.executors import _launcher_alive
@@ -410,6 +431,8 @@ def sweep_status(m: Manifest) -> list[CellStatus]:
             st.state, st.detail = "failed", f"task ended without a record: {_log_tail(st.log)}".rstrip(": ")
         else:
             st.state = "pending"  # submitted; the scheduler has not reported the job yet
+        if st.state == "running" and not st.detail:
+            st.detail = progress_detail(m.run_dir(i))
         out.append(st)
     return out
 

@@ -9,6 +9,7 @@ checkpoint steps, so the hot loop has no per-step host sync.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -22,8 +23,16 @@ from shala_bench.contract import MultimodalVAE
 from shala_bench.data.spec import Split, to_float
 from shala_bench.errors import CheckpointError
 from shala_bench.protocol import Protocol
+from shala_bench.results import atomic_write_text, now
 
 CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"  # where a run is now, for `shala-bench status` on a sweep with no progress bars
+
+
+def write_progress(run_dir: Path, **fields) -> None:
+    """Overwrite <run_dir>/progress.json (atomically) with the run's current stage and step."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run_dir) / PROGRESS, json.dumps({**fields, "updated": now()}, sort_keys=True) + "\n")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -191,7 +200,12 @@ class Trainer:
                 if int(first_bad) >= 0:  # the only host sync: once per log interval
                     bar.close()
                     raise NonFiniteLoss(int(first_bad), stage)
-                bar.set_postfix(loss=f"{float(loss.detach()):.1f}", refresh=False)
+                loss_now = float(loss.detach())
+                bar.set_postfix(loss=f"{loss_now:.1f}", refresh=False)
+                elapsed = time.perf_counter() - t_stage
+                write_progress(self.run_dir, stage=stage, stage_index=stage_index + 1, stages=len(self.model.stages),
+                               step=step + 1, steps=steps, loss=loss_now,
+                               steps_per_s=round((step + 1 - start) / elapsed, 3) if elapsed > 0 else None)
             bar.update(1)
             if (step + 1) % p.checkpoint_every == 0 or last or self.stop_requested:
                 if int(first_bad) >= 0:

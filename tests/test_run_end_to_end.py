@@ -7,7 +7,8 @@ import torch
 from conftest import smoke_spec
 from shala_bench.launch import run_one
 from shala_bench.results import load_records
-from shala_bench.trainer import CHECKPOINT, load_checkpoint
+from shala_bench.sweep import progress_detail
+from shala_bench.trainer import CHECKPOINT, PROGRESS, load_checkpoint, write_progress
 
 
 def test_smoke_run_writes_a_complete_record(results):
@@ -26,6 +27,32 @@ def test_smoke_run_writes_a_complete_record(results):
     assert all(f"classifier_acc_m{i}" in rec.metrics for i in range(M))
     assert rec.timings["train_s"] > 0 and rec.timings["train_samples_per_s"] > 0
     assert [r.run_id for r in load_records(results)] == [rec.run_id]
+    assert rec.metrics["coherence_cond_chance"] == pytest.approx(0.1)  # ten digits
+
+
+def test_a_run_reports_its_stage_and_step_while_it_trains_then_that_it_evaluates(tmp_path):
+    seen = {}
+
+    def watch(trainer):
+        fit = trainer.fit
+
+        def fit_then_look(*a, **kw):
+            state = fit(*a, **kw)
+            seen["after_fit"] = json.loads((trainer.run_dir / PROGRESS).read_text())
+            seen["detail"] = progress_detail(trainer.run_dir)
+            return state
+
+        trainer.fit = fit_then_look
+
+    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"steps": 6, "log_every": 4}), trainer_hook=watch)
+    after = seen["after_fit"]
+    # the last write is at the last step (a log step whether or not 6 is a multiple of log_every)
+    assert (after["stage"], after["step"], after["steps"], after["stages"]) == ("vae", 6, 6, 1)
+    assert after["steps_per_s"] > 0 and math.isfinite(after["loss"])
+    assert seen["detail"].startswith("vae 6/6, ") and "steps/s" in seen["detail"]
+    run = tmp_path / "polymnist-synth" / "mvae" / rec.run_id
+    assert progress_detail(run) == "evaluating"  # written before evaluation; the record says the rest
+    assert progress_detail(tmp_path / "nowhere") == ""
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
@@ -75,3 +102,10 @@ def test_a_requeue_before_the_first_checkpoint_still_counts_as_a_restart(tmp_pat
     assert rec.ok and rec.restarts == 1
     monkeypatch.delenv("SLURM_RESTART_COUNT")
     assert run_one(smoke_spec("mvae", tmp_path / "b", overrides={"steps": 2})).restarts == 0
+
+
+def test_progress_of_a_two_stage_model_names_the_stage_and_the_time_left(tmp_path):
+    write_progress(tmp_path, stage="prior", stage_index=2, stages=2, step=300, steps=1500, loss=0.1, steps_per_s=10.0)
+    assert progress_detail(tmp_path) == "prior 300/1500 (stage 2 of 2), 10.0 steps/s, ~2 min left in it"
+    (tmp_path / PROGRESS).write_text("{not json")
+    assert progress_detail(tmp_path) == ""
