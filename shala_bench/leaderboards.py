@@ -70,7 +70,7 @@ def family_hash(protocol: dict) -> str:
 
 # ----------------------------------------------------------------- records -> frame
 META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protocol_hash", "family_hash",
-        "chance_level", "at_chance"]
+        "chance_level", "at_chance", "run_train_s", "run_eval_s", "run_device", "run_threads"]
 
 
 def coherence_chance(r: RunRecord) -> float | None:
@@ -116,6 +116,8 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
                "protocol_version": r.protocol.get("protocol_version", 0), "protocol_hash": r.protocol_hash,
                "family_hash": family_hash(r.protocol)}
         row["chance_level"], row["at_chance"] = _chance_of(r)
+        row["run_train_s"], row["run_eval_s"] = (float(r.timings.get(k) or math.nan) for k in ("train_s", "eval_s"))
+        row["run_device"], row["run_threads"] = r.hardware.get("device", "?"), r.hardware.get("torch_threads", "?")
         row.update({k: float(v) for k, v in r.metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
         # The name of the bound behind a bound-valued metric (test_nll -> test_nll_bound = "elbo", ...).
@@ -458,6 +460,17 @@ def budget_line(p: dict) -> str:
     return line + f"; latent size {p.get('latent_dim')}, β = {p.get('beta')}; {p.get('n_train')} training tuples."
 
 
+def compute_line(fr: pd.DataFrame) -> str:
+    """What the records cost: summed training and evaluation time, and on what."""
+    if "run_train_s" not in fr or fr["run_train_s"].isna().all():
+        return ""
+    on = ", ".join(f"{n} records on {d}, {t} torch thread{'' if t == 1 else 's'}" for (d, t), n in
+                   fr.groupby(["run_device", "run_threads"], sort=True).size().items())
+    return (f"Compute, summed over the {len(fr)} records: {fr['run_train_s'].sum() / 3600:.1f} h of training and "
+            f"{fr['run_eval_s'].sum() / 3600:.1f} h of evaluation ({on}); a sweep's wall time is this over its "
+            "parallel workers.")
+
+
 def chance_lines(fr: pd.DataFrame) -> list[str]:
     """Whether every seed left chance, and the seeds that did not (they stay in the means, marked)."""
     known = fr[fr["chance_level"].notna()] if "chance_level" in fr else fr.iloc[:0]
@@ -487,7 +500,9 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path]) 
     p, short = fam.protocol, fam.family_hash[:12]
     profile, version = fam.frame["profile"].iloc[0], int(fam.frame["protocol_version"].iloc[0])
     models = sorted(fam.frame["model"].unique())
+    compute = compute_line(fam.frame)
     lines = [f"## Profile `{profile}`, protocol v{version}, family `{short}`", "", budget_line(p), "",
+             *([compute, ""] if compute else []),
              "Protocol hash per number of modalities M (the family hash is the hash of the protocol without "
              "`n_modalities`):", ""]
     rows = []

@@ -228,6 +228,16 @@ def test_page_lists_the_seeds_at_chance_or_says_every_seed_left_it():
     assert "Every seed of every model is above chance (1 of 1 records)." in good
 
 
+def test_the_page_says_what_the_records_cost_and_on_what():
+    rs = [_coh("mvae", s, 0.6) for s in range(3)]
+    for r, (train, ev, threads) in zip(rs, [(3600.0, 360.0, 1), (5400.0, 360.0, 1), (1800.0, 720.0, 2)]):
+        r.timings, r.hardware = {"train_s": train, "eval_s": ev}, {"device": "cpu", "torch_threads": threads}
+    line = lb.compute_line(lb.records_frame(rs))
+    assert line.startswith("Compute, summed over the 3 records: 3.0 h of training and 0.4 h of evaluation "
+                           "(2 records on cpu, 1 torch thread, 1 records on cpu, 2 torch threads)")
+    assert lb.compute_line(lb.records_frame([_coh("mvae", 0, 0.6)])) == ""  # no timings: no line
+
+
 # ----------------------------------------------------------------- golden Markdown
 GOLDEN_COMPARE = """\
 Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). **Bold**: the best mean of \
