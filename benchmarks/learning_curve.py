@@ -2,6 +2,7 @@
 
     python benchmarks/learning_curve.py --model mopoe --steps 1000 --every 250
     python benchmarks/learning_curve.py --model mmvae --steps 1500 --set batch_size=8
+    python benchmarks/learning_curve.py --from runs/polymnist-synth/mmvae+/seed0-M8-c64fcc383f13 --steps 1600 --every 800
 
 Trains one model with the profile's optimiser and batches (the Trainer's own BatchStream)
 and, every `--every` steps, prints one JSON line: the training seconds so far and the
@@ -10,6 +11,11 @@ tuples with the harness's cached classifiers. Only the first stage is trained, s
 two-stage model (ShaLa) is refused: curve its stage-1 ablation (shala-noprior). A budget
 is large enough when every model's k = 1 coherence has left chance (1/C) by its last
 step; the profile comments quote what this printed.
+
+`--from RUN` continues a finished single-stage run past its budget instead: the run's
+protocol, its checkpoint's weights and Adam state, and the batches the Trainer would have
+drawn next; it prints the curve from the run's last step (first line: the run as it
+ended), so a run that ended at chance shows how many more steps it needed.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import torch
 
 from shala_bench.evaluate import EvalContext
 from shala_bench.metrics.coherence import conditional_coherence, joint_coherence
-from shala_bench.protocol import make_protocol, parse_overrides
+from shala_bench.protocol import _FIXED, EVALUATION_FIELDS, FIELDS, make_protocol, parse_overrides
 from shala_bench.registry import get_registry
-from shala_bench.trainer import BatchStream
+from shala_bench.results import RECORD, read_record
+from shala_bench.trainer import BatchStream, load_checkpoint
 
 
 def main() -> None:
@@ -39,12 +46,23 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=300, help="test tuples per coherence estimate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override KEY=VALUE")
+    ap.add_argument("--from", dest="from_run", metavar="RUN",
+                    help="continue this finished run (folder) for --steps more steps; --model, --dataset, --profile, "
+                         "--seed and --set come from its record")
     args = ap.parse_args()
 
     reg = get_registry()
+    evaluation = {"eval_n": args.eval_n, "joint_n": 2 * args.eval_n}
+    ck = None
+    if args.from_run:
+        rec = read_record(Path(args.from_run) / RECORD)
+        ck = load_checkpoint((Path(args.from_run) / rec.checkpoint).resolve())
+        args.model, args.dataset, args.profile, args.seed = rec.model, rec.dataset, rec.profile, rec.seed
+        over = {k: v for k, v in rec.protocol.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
+    else:
+        over = parse_overrides(args.overrides)
     ds = reg.get_dataset(args.dataset)
-    over = parse_overrides(args.overrides)
-    p = make_protocol(ds, args.profile, {"eval_n": args.eval_n, "joint_n": 2 * args.eval_n, **over})
+    p = make_protocol(ds, args.profile, {**over, **evaluation})
     data = ds.loader(p, None)
     torch.manual_seed(args.seed)
     model = reg.get_model(args.model).factory(data.spec, p)
@@ -53,18 +71,26 @@ def main() -> None:
                          "(curve its stage-1 ablation, e.g. shala-noprior)")
     stream = BatchStream(data.splits["train"], p.batch_size, args.seed, 0, "cpu")
     opt = torch.optim.Adam(model.stage_parameters("vae"), lr=p.lr)
+    start = 0
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        start = int(ck["state"]["step"])
     M, train_s = p.n_modalities, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         # one context for the whole curve: it holds the model by reference and loads the classifiers once
         ctx = EvalContext(model, p, data, torch.device("cpu"), Path(tmp), args.seed)
         t0 = time.perf_counter()
-        for s in range(1, args.steps + 1):
-            model.train()
-            loss, _ = model.loss(stream.batch(s), "vae")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if s % args.every and s != args.steps:
+        for s in range(start, start + args.steps + 1):
+            if s > start:  # step s-1 of the Trainer's numbering: the batch it would draw
+                model.train()
+                loss, _ = model.loss(stream.batch(s - 1), "vae")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            at_start, due = s == start, (s - start) % args.every == 0 or s == start + args.steps
+            if (at_start and ck is None) or not (at_start or due):
                 continue
             train_s += time.perf_counter() - t0
             model.eval()
