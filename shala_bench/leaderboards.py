@@ -73,16 +73,23 @@ META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protoco
         "chance_level", "at_chance", "run_train_s", "run_eval_s", "run_device", "run_threads"]
 
 
-def coherence_chance(r: RunRecord) -> float | None:
+def registered_chances(datasets) -> dict[str, float | None]:
+    """Each dataset's registered `coherence_chance` (None when it is not registered), from one registry."""
+    if not datasets:
+        return {}
+    from shala_bench.registry import get_registry
+
+    table = get_registry().datasets
+    return {ds: getattr(table[ds].entry, "coherence_chance", None) if ds in table else None for ds in datasets}
+
+
+def coherence_chance(r: RunRecord, registered: dict[str, float | None]) -> float | None:
     """The chance level of r's conditional coherence: recorded by the evaluation, or for records written
     before it was, the registered dataset's; None when unknown or multi-label (AUROC is not a proportion)."""
     v = r.metrics.get("coherence_cond_chance")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
-    from shala_bench.registry import get_registry
-
-    entry = get_registry().datasets.get(r.dataset)
-    return getattr(entry.entry, "coherence_chance", None) if entry else None
+    return registered.get(r.dataset)
 
 
 def not_above_chance(coherence: float, chance: float, n: int) -> bool:
@@ -96,8 +103,8 @@ def not_above_chance(coherence: float, chance: float, n: int) -> bool:
     return bool(binomtest(hits, n, chance, alternative="greater").pvalue >= CHANCE_P)
 
 
-def _chance_of(r: RunRecord) -> tuple[float, bool]:
-    chance, coh = coherence_chance(r), r.metrics.get("coherence_cond_mean")
+def _chance_of(r: RunRecord, registered: dict[str, float | None]) -> tuple[float, bool]:
+    chance, coh = coherence_chance(r, registered), r.metrics.get("coherence_cond_mean")
     n = min(int(r.protocol.get("eval_n", 0)), int(r.protocol.get("n_test", 0)))
     if chance is None or not isinstance(coh, (int, float)) or n <= 0:
         return math.nan, False
@@ -111,11 +118,13 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
     latest: dict[tuple, RunRecord] = {}
     for r in sorted((r for r in records if r.ok), key=lambda r: (r.created, r.run_id)):
         latest[(r.dataset, r.model, r.protocol_hash, r.seed)] = r
+    # one registry lookup per dataset, and none when every record carries its chance level
+    registered = registered_chances({r.dataset for r in latest.values() if "coherence_cond_chance" not in r.metrics})
     for r in latest.values():
         row = {"dataset": r.dataset, "model": r.model, "seed": r.seed, "M": r.n_modalities, "profile": r.profile,
                "protocol_version": r.protocol.get("protocol_version", 0), "protocol_hash": r.protocol_hash,
                "family_hash": family_hash(r.protocol)}
-        row["chance_level"], row["at_chance"] = _chance_of(r)
+        row["chance_level"], row["at_chance"] = _chance_of(r, registered)
         row["run_train_s"], row["run_eval_s"] = (float(r.timings.get(k) or math.nan) for k in ("train_s", "eval_s"))
         row["run_device"], row["run_threads"] = r.hardware.get("device", "?"), r.hardware.get("torch_threads", "?")
         row.update({k: float(v) for k, v in r.metrics.items()

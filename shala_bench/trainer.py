@@ -30,8 +30,7 @@ PROGRESS = "progress.json"  # where a run is now, for `shala-bench status` on a 
 
 
 def write_progress(run_dir: Path, **fields) -> None:
-    """Overwrite <run_dir>/progress.json (atomically) with the run's current stage and step."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    """Overwrite <run_dir>/progress.json (atomically; the folder is made if needed) with the run's stage and step."""
     atomic_write_text(Path(run_dir) / PROGRESS, json.dumps({**fields, "updated": now()}, sort_keys=True) + "\n")
 
 
