@@ -30,7 +30,7 @@ import torch
 
 from shala_bench.evaluate import EvalContext
 from shala_bench.metrics.coherence import conditional_coherence, joint_coherence
-from shala_bench.protocol import _FIXED, EVALUATION_FIELDS, FIELDS, make_protocol, parse_overrides
+from shala_bench.protocol import make_protocol, parse_overrides, trained_fields
 from shala_bench.registry import get_registry
 from shala_bench.results import RECORD, read_record
 from shala_bench.trainer import BatchStream, load_checkpoint
@@ -58,7 +58,7 @@ def main() -> None:
         rec = read_record(Path(args.from_run) / RECORD)
         ck = load_checkpoint((Path(args.from_run) / rec.checkpoint).resolve())
         args.model, args.dataset, args.profile, args.seed = rec.model, rec.dataset, rec.profile, rec.seed
-        over = {k: v for k, v in rec.protocol.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
+        over = trained_fields(rec.protocol)
     else:
         over = parse_overrides(args.overrides)
     ds = reg.get_dataset(args.dataset)

@@ -155,7 +155,7 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
 
     from shala_bench.errors import CheckpointError, ProtocolError, RecordError
     from shala_bench.evaluate import evaluate
-    from shala_bench.protocol import _FIXED, EVALUATION_FIELDS, FIELDS
+    from shala_bench.protocol import EVALUATION_FIELDS, trained_fields
     from shala_bench.registry import get_registry
     from shala_bench.results import RECORD, read_record
     from shala_bench.trainer import load_checkpoint
@@ -177,7 +177,7 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
 
     reg = registry or get_registry()
     model_entry, ds_entry = reg.get_model(rec.model), reg.get_dataset(rec.dataset)
-    kept = {k: v for k, v in rec.protocol.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
+    kept = trained_fields(rec.protocol)
     p = make_protocol(ds_entry, rec.profile, {**kept, **(overrides or {})})
     dev = pick_device(device)
     ck = load_checkpoint(ck_path)

@@ -123,6 +123,12 @@ FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _FIXED = {"dataset", "profile", "protocol_version"}
 
 
+def trained_fields(recorded: dict) -> dict:
+    """The settings of a recorded protocol that its trained weights depend on: every known field but the
+    fixed identity (dataset, profile, version) and the evaluation section, as overrides for make_protocol."""
+    return {k: v for k, v in recorded.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
+
+
 def _coerce(key: str, raw: str):
     typ = FIELDS[key].type
     typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
