@@ -20,6 +20,23 @@ from shala_bench.data.spec import ModalitySpec
 from shala_bench.errors import ProtocolError
 
 
+def conv_heads(h: Tensor, mu: nn.Conv2d, logvar: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """The mean and log-variance conv heads of an image encoder, evaluated as ONE matmul.
+
+    Each head is a Conv2d whose kernel covers the whole 4x4 feature map (output 1x1), i.e. a
+    linear map of the flattened (C, 4, 4) features with weight.view(D, C*16). As a convolution
+    oneDNN runs it at ~11 GFLOP/s on one thread; as one Linear over both heads' stacked weights
+    it runs 3-8x faster (batch 32-256). Same parameters and state dict; the same numbers up to
+    float summation order. Any other feature-map size falls back to the convolutions.
+    """
+    if h.shape[-2:] != mu.weight.shape[-2:] or mu.padding != (0, 0):
+        return mu(h).flatten(1), logvar(h).flatten(1)
+    weight = torch.cat([mu.weight, logvar.weight]).flatten(1)  # (2D, C*kh*kw)
+    bias = torch.cat([mu.bias, logvar.bias])
+    out = nn.functional.linear(h.flatten(1), weight, bias)  # (B, 2D)
+    return out[:, :mu.out_channels], out[:, mu.out_channels:]
+
+
 class ImageEncoder(nn.Module):
     """Conv(3->32->64->128, k3 s2 p1) then Conv(128->D, k4) heads for mean and log-variance."""
 
@@ -34,8 +51,7 @@ class ImageEncoder(nn.Module):
         self.logvar = nn.Conv2d(128, latent_dim, 4, 2, 0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.trunk(x)
-        return self.mu(h).flatten(1), self.logvar(h).flatten(1)
+        return conv_heads(self.trunk(x), self.mu, self.logvar)
 
 
 class ImageDecoder(nn.Module):
@@ -73,8 +89,7 @@ class Image64Encoder(nn.Module):
         self.logvar = nn.Conv2d(128, latent_dim, 4, 1, 0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.trunk(x)
-        return self.mu(h).flatten(1), self.logvar(h).flatten(1)
+        return conv_heads(self.trunk(x), self.mu, self.logvar)
 
 
 def _upsample64(channels: int) -> nn.Sequential:
