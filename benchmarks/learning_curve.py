@@ -33,7 +33,7 @@ from shala_bench.metrics.coherence import conditional_coherence, joint_coherence
 from shala_bench.protocol import make_protocol, parse_overrides, trained_fields
 from shala_bench.registry import get_registry
 from shala_bench.results import RECORD, read_record
-from shala_bench.trainer import BatchStream, load_checkpoint
+from shala_bench.trainer import BatchStream, load_checkpoint, make_optimizer
 
 
 def main() -> None:
@@ -70,7 +70,7 @@ def main() -> None:
         raise SystemExit(f"error: {args.model} trains stages {model.stages}; this script trains only the first "
                          "(curve its stage-1 ablation, e.g. shala-noprior)")
     stream = BatchStream(data.splits["train"], p.batch_size, args.seed, 0, "cpu")
-    opt = torch.optim.Adam(model.stage_parameters("vae"), lr=p.lr)
+    opt = make_optimizer(model.stage_parameters("vae"), p.lr)
     start = 0
     if ck is not None:
         model.load_state_dict(ck["model"])

@@ -84,7 +84,7 @@ def dreg_surrogate(log_w: Tensor, z: Tensor, dim: int) -> Tensor:
     w = torch.softmax(log_w.detach(), dim)
     if z.requires_grad:  # scales the path gradient into the encoder by a second w~_k
         w_z = w.unsqueeze(-1) if z.dim() == w.dim() + 1 else w
-        z.register_hook(lambda grad: grad * w_z)
+        z.register_hook(lambda grad: grad * w_z.to(grad.dtype))  # dtype-safe under bf16 autocast
     return (w * log_w).sum(dim)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,16 @@ def stage_budget(protocol: Protocol, stage: str) -> tuple[int, float]:
     if stage == "vae":
         return protocol.steps, protocol.lr
     return getattr(protocol, f"{stage}_steps"), getattr(protocol, f"{stage}_lr", protocol.lr)
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """The harness's one optimizer: Adam, as every model's reference uses (without amsgrad).
+
+    `fused=True` runs the whole update as one kernel over all parameters instead of ~10 small
+    ops per parameter tensor (the for-loop default on CPU, ~10 % of a batch-32 step at M = 5).
+    It computes the same update; its state dict is the same, so older checkpoints resume.
+    """
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -164,7 +173,7 @@ class Trainer:
         p = self.protocol
         steps, lr = stage_budget(p, stage)
         self.model.begin_stage(stage)
-        self.optimizer = torch.optim.Adam(self.model.stage_parameters(stage), lr=lr)
+        self.optimizer = make_optimizer(self.model.stage_parameters(stage), lr)
         start = 0
         if self.state.stage == stage and self._pending_optimizer:
             self.optimizer.load_state_dict(self._pending_optimizer)
