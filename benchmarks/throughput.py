@@ -1,89 +1,189 @@
-"""Training throughput and harness overhead (a benchmark, not a test).
+"""Training throughput, FLOPs and the machine's own limit (a benchmark, not a test).
 
-    python benchmarks/throughput.py --model mvae --steps 60
+    python benchmarks/throughput.py --models mvae,mopoe --modalities 5,8 --batch 32,256 --threads 1
 
-Measures, at the profile's batch size on polymnist-synth:
-- samples/s of the real Trainer (batches drawn from in-memory uint8 tensors, NaN guard,
-  progress bar, logging), with the cost of a checkpoint (timed) amortised over the
-  profile's `checkpoint_every`;
-- samples/s of a bare loop that runs only the model's loss, backward and optimizer step
-  on the same batches, prepared beforehand;
-- the harness overhead: the fraction of the Trainer's step time spent outside the bare
-  model work. Trials alternate between the two to share the machine's noise; medians.
+For every (model, M, batch) cell, on polymnist-synth under the chosen profile:
+- samples/s of the real Trainer (batches drawn from the in-memory uint8 tensors, NaN guard,
+  progress bar, logging), a checkpoint's timed cost amortised over the profile's
+  `checkpoint_every`;
+- samples/s of a bare loop running only the model's loss, backward and the Trainer's own
+  optimizer step on the same batches, prepared beforehand;
+- the harness overhead: the fraction of the Trainer's step time spent outside the bare loop;
+- the same two rates per CPU-second of the process (`time.process_time`), which a busy
+  machine disturbs far less than wall time: at one thread they are what a quiet core gives;
+- FLOPs of one training step (loss + backward), counted once with
+  `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions; elementwise work is
+  not counted, so the achieved rate is a lower bound on the work done);
+- the machine's measured peak on the same threads: a 2048² fp32 matmul and, where the CPU
+  has native bf16 (AVX512-BF16 / AMX), a bf16 one; the achieved fraction of the fp32 peak.
+
+Trials alternate between the Trainer and the bare loop to share the machine's noise;
+medians are reported. `--json PATH` writes every number, so runs can be compared across
+commits (`benchmarks/compare_commits.py` runs this file under two checkouts, alternating).
+The script uses only the harness's stable API, so it also measures older commits.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from shala_bench.data.spec import to_float
 from shala_bench.protocol import make_protocol, parse_overrides
 from shala_bench.registry import get_registry
+from shala_bench import trainer as trainer_module
 from shala_bench.trainer import BatchStream, Trainer
 
 
-def bare_loop(model, batches, lr: float) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    t = time.perf_counter()
+def make_optimizer(params, lr: float):
+    """The Trainer's optimizer where the harness exposes it (newer commits), else plain Adam (older ones)."""
+    factory = getattr(trainer_module, "make_optimizer", None)
+    return factory(params, lr) if factory else torch.optim.Adam(params, lr=lr)
+
+
+def bare_loop(model, batches, lr: float) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of loss + backward + optimizer step over the batches."""
+    opt = make_optimizer(model.parameters(), lr)
+    t, c = time.perf_counter(), time.process_time()
     for b in batches:
         loss, _ = model.loss(b, "vae")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def step_flops(model, batch) -> int:
+    """Matmul/convolution FLOPs of one loss + backward."""
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = model.loss(batch, "vae")
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of an n x n matmul in `dtype` on the current threads (median of reps)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def measure_cell(reg, ds, profile: str, model_name: str, M: int, batch: int, steps: int, trials: int,
+                 overrides: dict) -> dict:
+    base = make_protocol(ds, profile, {**overrides, "n_modalities": M, "batch_size": batch})
+    data = ds.loader(base, None)
+    # a trial writes one checkpoint (its last step); its cost is timed and amortised over checkpoint_every
+    p = make_protocol(ds, profile, {**overrides, "n_modalities": M, "batch_size": batch, "steps": steps,
+                                    "checkpoint_every": max(steps, base.checkpoint_every),
+                                    "log_every": min(base.log_every, steps)})
+    entry = reg.get_model(model_name)
+    stream = BatchStream(data.splits["train"], p.batch_size, 0, 0, "cpu")
+    batches = [stream.batch(s) for s in range(steps)]
+    torch.manual_seed(0)
+    model = entry.factory(data.spec, p)
+    flops = step_flops(model, batches[0])
+    n_params = sum(q.numel() for q in model.parameters())
+
+    harness, bare, harness_cpu, bare_cpu = [], [], [], []
+    for trial in range(trials + 1):  # trial 0 warms up (allocator, oneDNN primitive caches) and is dropped
+        torch.manual_seed(trial)
+        model = entry.factory(data.spec, p)
+        with tempfile.TemporaryDirectory() as tmp:
+            tr = Trainer(model, p, data.splits["train"], Path(tmp), seed=trial, progress=False)
+            t, c = time.perf_counter(), time.process_time()
+            tr.fit()
+            fit_s, fit_c = time.perf_counter() - t, time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
+            tr.save()
+            save_s, save_c = time.perf_counter() - t, time.process_time() - c
+        torch.manual_seed(trial)
+        bare_s, bare_c = bare_loop(entry.factory(data.spec, p), batches, p.lr)
+        if trial:
+            harness.append(fit_s - save_s + save_s * steps / base.checkpoint_every)
+            harness_cpu.append(fit_c - save_c + save_c * steps / base.checkpoint_every)
+            bare.append(bare_s)
+            bare_cpu.append(bare_c)
+    h, b = statistics.median(harness), statistics.median(bare)
+    hc, bc = statistics.median(harness_cpu), statistics.median(bare_cpu)
+    return {"model": model_name, "M": M, "batch": batch, "steps": steps, "trials": trials,
+            "threads": torch.get_num_threads(), "n_params": n_params,
+            "trainer_samples_per_s": steps * batch / h, "bare_samples_per_s": steps * batch / b,
+            "trainer_ms_per_step": h / steps * 1e3, "bare_ms_per_step": b / steps * 1e3,
+            "harness_overhead": max(0.0, (h - b) / h), "flops_per_step": flops,
+            # per CPU-second of this process: steadier than wall time on a shared machine (at 1 thread
+            # it equals samples/s on a quiet core); at N threads it is samples per N thread-seconds
+            "trainer_samples_per_cpu_s": steps * batch / hc, "bare_samples_per_cpu_s": steps * batch / bc,
+            "harness_overhead_cpu": max(0.0, (hc - bc) / hc),
+            "achieved_gflops": flops / (h / steps) / 1e9}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="mvae")
+    ap.add_argument("--models", default="mvae,mmvae,mopoe,mmvae+,shala", help="comma-separated model names")
+    ap.add_argument("--modalities", default="5", help="comma-separated M values, e.g. 2,5,8")
+    ap.add_argument("--batch", default="32", help="comma-separated batch sizes, e.g. 32,256")
     ap.add_argument("--dataset", default="polymnist-synth")
     ap.add_argument("--profile", default="quick")
-    ap.add_argument("--steps", type=int, default=60, help="steps per trial")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as sweep workers)")
+    ap.add_argument("--steps", type=int, default=0, help="steps per trial (default: 24 at batch <= 64, else 6)")
     ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
+    ap.add_argument("--json", type=Path, help="write all numbers to this JSON file")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override key=value")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     reg = get_registry()
     ds = reg.get_dataset(args.dataset)
-    base = make_protocol(ds, args.profile, parse_overrides(args.overrides))
-    data = ds.loader(base, None)
-    # a trial writes one checkpoint (its last step); its cost is timed and amortised over checkpoint_every
-    p = make_protocol(ds, args.profile, {**parse_overrides(args.overrides), "steps": args.steps,
-                                         "checkpoint_every": max(args.steps, base.checkpoint_every)})
-    entry = reg.get_model(args.model)
-    stream = BatchStream(data.splits["train"], p.batch_size, 0, 0, "cpu")
-    batches = [stream.batch(s) for s in range(args.steps)]
-
-    harness, bare = [], []
-    for trial in range(args.trials):
-        torch.manual_seed(trial)
-        model = entry.factory(data.spec, p)
-        with tempfile.TemporaryDirectory() as tmp:
-            tr = Trainer(model, p, data.splits["train"], Path(tmp), seed=trial, progress=True)
-            t = time.perf_counter()
-            tr.fit()
-            fit_s = time.perf_counter() - t
-            t = time.perf_counter()
-            tr.save()
-            save_s = time.perf_counter() - t
-            harness.append(fit_s - save_s + save_s * args.steps / base.checkpoint_every)
-        torch.manual_seed(trial)
-        bare.append(bare_loop(entry.factory(data.spec, p), batches, p.lr))
-
-    h, b = statistics.median(harness), statistics.median(bare)
-    n = args.steps * p.batch_size
-    print(f"model={args.model} dataset={args.dataset} profile={args.profile} M={p.n_modalities} "
-          f"batch={p.batch_size} steps/trial={args.steps} trials={args.trials} threads={torch.get_num_threads()}")
-    print(f"trainer:   {n / h:8.1f} samples/s  ({h / args.steps * 1000:.1f} ms/step)")
-    print(f"bare loop: {n / b:8.1f} samples/s  ({b / args.steps * 1000:.1f} ms/step)")
-    print(f"harness overhead: {max(0.0, (h - b) / h) * 100:.1f} % of step time "
-          f"(data, NaN guard, logging, a checkpoint every {base.checkpoint_every} steps)")
+    overrides = parse_overrides(args.overrides)
+    peak = {}
+    if not args.no_peak:
+        peak["fp32_gflops"] = matmul_peak(torch.float32)
+        if has_native_bf16():
+            peak["bf16_gflops"] = matmul_peak(torch.bfloat16)
+    cells = []
+    for model_name in args.models.split(","):
+        for M in (int(m) for m in args.modalities.split(",")):
+            for batch in (int(b) for b in args.batch.split(",")):
+                steps = args.steps or (24 if batch <= 64 else 6)
+                cell = measure_cell(reg, ds, args.profile, model_name, M, batch, steps, args.trials, overrides)
+                if peak:
+                    cell["fraction_of_fp32_peak"] = cell["achieved_gflops"] / peak["fp32_gflops"]
+                cells.append(cell)
+                print(f"{model_name:8s} M={M:<2d} batch={batch:<4d} trainer {cell['trainer_samples_per_s']:8.1f} "
+                      f"samples/s ({cell['trainer_ms_per_step']:7.1f} ms/step)  bare {cell['bare_samples_per_s']:8.1f}  "
+                      f"overhead {cell['harness_overhead'] * 100:4.1f} %  per CPU-s {cell['trainer_samples_per_cpu_s']:8.1f}  {cell['flops_per_step'] / 1e9:6.2f} GFLOP/step  "
+                      f"{cell['achieved_gflops']:5.1f} GFLOP/s"
+                      + (f" ({cell['fraction_of_fp32_peak'] * 100:.0f} % of fp32 peak)" if peak else ""), flush=True)
+    if peak:
+        print(f"peak on {args.threads} thread(s): fp32 matmul {peak['fp32_gflops']:.1f} GFLOP/s"
+              + (f", bf16 matmul {peak['bf16_gflops']:.1f} GFLOP/s" if "bf16_gflops" in peak else ""))
+    if args.json:
+        args.json.write_text(json.dumps({"cells": cells, "peak": peak, "torch": torch.__version__,
+                                         "machine": platform.processor() or platform.machine(),
+                                         "profile": args.profile, "dataset": args.dataset}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
