@@ -14,6 +14,9 @@ from shala_bench.data.spec import LoadedDataset, Split, to_float
 from shala_bench.protocol import Protocol
 
 
+VERSIONS_KEY = "metric_versions"  # the one non-scalar entry of a record's metrics
+
+
 @dataclass
 class EvalContext:
     model: MultimodalVAE
@@ -48,6 +51,9 @@ def evaluate(model: MultimodalVAE, protocol: Protocol, data: LoadedDataset, run_
              options: dict | None = None):
     """Run every registered metric (or those in `only`); returns (metrics, timings, artifacts).
 
+    ``metrics[VERSIONS_KEY]`` is ``{metric name: version}`` of the metrics that ran: a leaderboard
+    ranks records together only when these agree (records without it are of version 1 throughout).
+
     `options` are run settings that are not part of the protocol (paths on this machine,
     e.g. ``{"inception_weights": PATH}``); metrics read them from ``ctx.options``.
     """
@@ -56,7 +62,7 @@ def evaluate(model: MultimodalVAE, protocol: Protocol, data: LoadedDataset, run_
     reg = registry or get_registry()
     ctx = EvalContext(model.to(device).eval(), protocol, data, torch.device(device), Path(run_dir), seed, cache_dir,
                       options=dict(options or {}))
-    metrics, timings = {}, {}
+    metrics, timings, versions = {}, {}, {}
     entries = sorted((r.entry for r in reg.metrics.values()), key=lambda e: (e.order, e.name))
     for entry in entries:
         if only and entry.name not in only:
@@ -66,4 +72,6 @@ def evaluate(model: MultimodalVAE, protocol: Protocol, data: LoadedDataset, run_
             torch.manual_seed(seed + 10_000)  # evaluation noise is seeded apart from training noise
             metrics.update(entry.compute(ctx))
         timings[f"eval_{entry.name}_s"] = round(time.perf_counter() - t0, 3)
+        versions[entry.name] = entry.version
+    metrics[VERSIONS_KEY] = versions
     return metrics, timings, dict(ctx.artifacts)

@@ -40,5 +40,9 @@ def shala_bench_register_metrics():
 
     Return a list of :class:`shala_bench.registry.MetricEntry`. Each metric takes an
     :class:`shala_bench.evaluate.EvalContext` and returns a flat dict of numbers (or
-    an ``{"unavailable": reason}`` entry) that goes into the run record.
+    an ``{"unavailable": reason}`` entry) that goes into the run record. Its ``keys``
+    (:class:`shala_bench.registry.MetricKey`) say, per key or fnmatch pattern, which way
+    is better and what it means (the leaderboard reads nothing from names); its
+    ``version`` goes into the record, and records of different versions are never
+    ranked together.
     """

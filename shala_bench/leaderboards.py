@@ -2,12 +2,18 @@
 
 Records are the only input; every table and plot is a view of them (never typed by hand):
 
-- ``compare_tables``: one table per (dataset, M, protocol hash): mean ± std over seeds, the
-  number of seeds, the best in bold and a mark where the best beats the runner-up beyond seed
-  noise. Rows with different protocol hashes are never ranked together.
-- ``scaling``: per *protocol family* (the protocol without ``n_modalities``, so the runs of one
-  sweep over M belong together), each metric vs the number of modalities M a model was trained
-  with, and conditional coherence vs the number k of given modalities at the largest M.
+- ``compare_tables``: one table per (dataset, M, protocol hash, metric versions): mean ± std over
+  seeds, the number of seeds, the best in bold and a mark where the best beats the runner-up
+  beyond seed noise. Rows with different protocol hashes or metric versions are never ranked
+  together.
+- ``scaling``: per *protocol family* (the protocol without ``n_modalities``, and the metric
+  versions, so the runs of one sweep over M belong together), the headline metrics vs the number
+  of modalities M a model was trained with, and conditional coherence vs the number k of given
+  modalities at the largest M.
+
+Which way a column is better, what it means and which marks it takes come from the
+``MetricEntry`` that declares the key (``registry.MetricKey``), never from its name; a column no
+installed metric declares is shown unranked.
 - ``write_leaderboards``: ``<out>/README.md`` (an index) and ``<out>/<dataset>.md`` with the
   tables and the PNG plots, byte-identical when run twice on the same records.
 """
@@ -29,10 +35,15 @@ import pandas as pd
 from shala_bench.results import RECORD, RunRecord, atomic_write_text, read_record
 
 # Columns of a per-M table by default, in order (those present in the records); more with --metric.
-DEFAULT_METRICS = ["coherence_joint", "coherence_cond_mean", "fd_mean", "fid_mean", "probe_all", "test_nll"]
-# The modality-scaling curves: y-axis metric vs M.
-SCALING_METRICS = ["coherence_cond_mean", "coherence_joint", "fd_mean"]
-LOWER_IS_BETTER = ("fd_", "fid", "test_nll", "nll", "test_nelbo", "nelbo")
+DEFAULT_METRICS = ["coherence_joint_kappa", "coherence_joint", "coherence_cond_bal_mean", "coherence_cond_mean",
+                   "fd_mean", "fd_cond_mean", "fid_mean", "fid_cond_mean", "probe_all", "test_nll"]
+# The modality-scaling curves, y-axis metric vs M: numbers that mean the same at every M (k = 1, k = M - 1,
+# chance-corrected joint), each the first of its alternatives present (records of metric version 1 have the
+# plain accuracy and the raw agreement only).
+SCALING_METRICS = [("coherence_cond_bal_k1", "coherence_cond_k1"), ("coherence_cond_bal_kmax", "coherence_cond_kmax"),
+                   ("coherence_joint_kappa", "coherence_joint"), ("fd_mean",), ("fd_cond_mean",)]
+# Conditional coherence vs k: per-k keys, balanced where recorded.
+K_SERIES = (re.compile(r"^coherence_cond_bal_k(\d+)$"), re.compile(r"^coherence_cond_k(\d+)$"))
 BOUND_SUFFIX = "_bound"  # metric "<m>_bound" (a string) names the bound that metric <m> evaluates
 
 ALPHA = 0.05  # one-sided Welch's t-test level of the significance mark
@@ -40,37 +51,80 @@ SIG_MARK = "†"
 QUICK_FID_MARK = "‡"
 CHANCE_MARK = "§"
 CHANCE_P = 0.01  # one-sided binomial test level of "above chance"
+MAJORITY_MAX = 0.5  # a seed whose prior samples give one class more than this share of a modality is collapsed
 LEGEND = (
     "Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). "
-    "**Bold**: the best mean of the column (↑ higher is better, ↓ lower is better). "
+    "**Bold**: the best mean of the column (↑ higher is better, ↓ lower is better, as the metric that writes the "
+    "column declares it; a column without an arrow is not ranked). "
     f"{SIG_MARK}: the best is better than the runner-up beyond seed noise — one-sided Welch's t-test over seeds "
     f"(`scipy.stats.ttest_ind(equal_var=False)`), p < {ALPHA}, tested only where both have ≥ 2 seeds. "
-    "Rows with different protocol hashes are never ranked together; a bound (e.g. test_nll) is ranked only "
-    "against the same bound, named in brackets. "
+    "Rows with different protocol hashes or metric versions are never ranked together; a bound (e.g. test_nll) is "
+    "ranked only against the same bound, named in brackets. "
     f"{CHANCE_MARK}: a coherence cell with at least one seed whose conditional coherence is not above chance — "
     f"one-sided binomial test of its hits among the min(eval_n, n_test) test tuples against 1/C "
-    f"(`scipy.stats.binomtest`), p ≥ {CHANCE_P}; such a seed's coherences are not a result."
+    f"(`scipy.stats.binomtest`), p ≥ {CHANCE_P}, on the balanced accuracy where recorded (a constant answer scores "
+    "exactly 1/C), else on the plain accuracy; on a joint-coherence cell also a seed whose prior samples are "
+    "collapsed — the agreement p_o of its joint_n samples is not above the chance agreement p_e (the same binomial "
+    f"test, against p_e; that is, kappa not above 0), or one class takes more than {MAJORITY_MAX} of one "
+    "modality's samples. Such a seed's coherences are not a result."
 )
-_K_METRIC = re.compile(r"^coherence_cond_k(\d+)$")
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.startswith(LOWER_IS_BETTER)
+class Catalog:
+    """What the installed metrics declare about record keys (`MetricEntry.keys`), looked up once per key."""
+
+    def __init__(self, registry=None):
+        self._registry, self._keys = registry, {}
+
+    def key(self, metric: str):
+        """The `MetricKey` that declares `metric`, or None when no installed metric does."""
+        if metric not in self._keys:
+            from shala_bench.registry import get_registry
+
+            found = (self._registry or get_registry()).metric_key(metric)
+            self._keys[metric] = found[1] if found else None
+        return self._keys[metric]
+
+    def direction(self, metric: str) -> str | None:
+        k = self.key(metric)
+        return k.direction if k else None
 
 
-def arrow(metric: str) -> str:
-    return "↓" if lower_is_better(metric) else "↑"
+def _lower(key) -> bool | None:
+    """True: lower is better; False: higher is; None: not ranked (undeclared, or declared without direction)."""
+    return None if key is None or key.direction is None else key.direction == "lower"
 
 
-def family_hash(protocol: dict) -> str:
-    """Hash of the protocol without ``n_modalities`` (canonical JSON as in Protocol.to_json)."""
+def arrow_of(key) -> str:
+    return {True: "↓", False: "↑"}.get(_lower(key), "")
+
+
+def canonical_versions(versions) -> dict[str, int]:
+    """Metric versions that differ from 1, sorted: a record without them had every metric at version 1."""
+    if not isinstance(versions, dict):
+        return {}
+    return {k: int(v) for k, v in sorted(versions.items()) if int(v) != 1}
+
+
+def versions_label(versions: dict[str, int]) -> str:
+    return ", ".join(f"{k} v{v}" for k, v in versions.items())
+
+
+def family_hash(protocol: dict, metric_versions: dict | None = None) -> str:
+    """Hash of the protocol without ``n_modalities`` (canonical JSON as in Protocol.to_json) and, where any
+    metric is not at version 1, of the metric versions too: a metric version change splits families."""
     rest = {k: v for k, v in protocol.items() if k != "n_modalities"}
+    versions = canonical_versions(metric_versions)
+    if versions:
+        rest = {"protocol": rest, "metric_versions": versions}
     return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------- records -> frame
-META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protocol_hash", "family_hash",
-        "chance_level", "at_chance", "run_train_s", "run_eval_s", "run_device", "run_threads"]
+META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protocol_hash", "metric_versions",
+        "family_hash", "chance_level", "at_chance", "collapsed", "run_train_s", "run_eval_s", "run_device",
+        "run_threads"]
+VERSIONS_KEY = "metric_versions"  # evaluate.VERSIONS_KEY: {metric: version} in a record's metrics
 
 
 def registered_chances(datasets) -> dict[str, float | None]:
@@ -100,15 +154,40 @@ def not_above_chance(coherence: float, chance: float, n: int) -> bool:
     from scipy.stats import binomtest
 
     hits = min(n, max(0, round(coherence * n)))
-    return bool(binomtest(hits, n, chance, alternative="greater").pvalue >= CHANCE_P)
+    return bool(binomtest(hits, n, min(max(chance, 0.0), 1.0), alternative="greater").pvalue >= CHANCE_P)
+
+
+def _number(m: dict, key: str) -> float | None:
+    v = m.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _chance_of(r: RunRecord, registered: dict[str, float | None]) -> tuple[float, bool]:
-    chance, coh = coherence_chance(r, registered), r.metrics.get("coherence_cond_mean")
+    """(chance level, whether the conditional coherence is not above it): balanced where recorded."""
+    chance = coherence_chance(r, registered)
+    coh = _number(r.metrics, "coherence_cond_bal_mean")
+    coh = _number(r.metrics, "coherence_cond_mean") if coh is None else coh
     n = min(int(r.protocol.get("eval_n", 0)), int(r.protocol.get("n_test", 0)))
-    if chance is None or not isinstance(coh, (int, float)) or n <= 0:
+    if chance is None or coh is None or n <= 0:
         return math.nan, False
-    return chance, not_above_chance(float(coh), chance, n)
+    return chance, not_above_chance(coh, chance, n)
+
+
+def collapsed(r: RunRecord) -> bool:
+    """Whether r's prior samples are collapsed: the joint agreement p_o of its joint_n samples is not above the
+    chance agreement p_e (one-sided binomial test, i.e. kappa not above 0), or one class takes more than
+    MAJORITY_MAX of a modality's samples. False for records that did not record p_e (metric version 1)."""
+    p_o, p_e = _number(r.metrics, "coherence_joint"), _number(r.metrics, "coherence_joint_chance")
+    majority, n = _number(r.metrics, "coherence_joint_majority"), int(r.protocol.get("joint_n", 0))
+    if majority is not None and majority > MAJORITY_MAX:
+        return True
+    return p_o is not None and p_e is not None and n > 0 and not_above_chance(p_o, p_e, n)
+
+
+def _kmax(metrics: dict, M: int) -> dict:
+    """coherence_cond_kmax for records written before evaluation recorded it: their k = M - 1 value."""
+    v = _number(metrics, f"coherence_cond_k{M - 1}")
+    return {"coherence_cond_kmax": v} if "coherence_cond_kmax" not in metrics and v is not None else {}
 
 
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -121,19 +200,23 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
     # one registry lookup per dataset, and none when every record carries its chance level
     registered = registered_chances({r.dataset for r in latest.values() if "coherence_cond_chance" not in r.metrics})
     for r in latest.values():
+        versions = canonical_versions(r.metrics.get(VERSIONS_KEY))
         row = {"dataset": r.dataset, "model": r.model, "seed": r.seed, "M": r.n_modalities, "profile": r.profile,
                "protocol_version": r.protocol.get("protocol_version", 0), "protocol_hash": r.protocol_hash,
-               "family_hash": family_hash(r.protocol)}
+               "metric_versions": versions_label(versions), "family_hash": family_hash(r.protocol, versions)}
         row["chance_level"], row["at_chance"] = _chance_of(r, registered)
+        row["collapsed"] = collapsed(r)
         row["run_train_s"], row["run_eval_s"] = (float(r.timings.get(k) or math.nan) for k in ("train_s", "eval_s"))
         row["run_device"], row["run_threads"] = r.hardware.get("device", "?"), r.hardware.get("torch_threads", "?")
         row.update({k: float(v) for k, v in r.metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        row.update(_kmax(r.metrics, r.n_modalities))
         # The name of the bound behind a bound-valued metric (test_nll -> test_nll_bound = "elbo", ...).
         row.update({k: v for k, v in r.metrics.items() if k.endswith(BOUND_SUFFIX) and isinstance(v, str)})
         rows.append(row)
     df = pd.DataFrame(rows, columns=META if not rows else None)
-    return df.sort_values(["dataset", "model", "M", "seed", "protocol_hash"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["dataset", "model", "M", "seed", "protocol_hash", "metric_versions"],
+                          kind="stable").reset_index(drop=True)
 
 
 # ----------------------------------------------------------------- statistics
@@ -165,13 +248,18 @@ def cell(values) -> Cell:
     return Cell(tuple(float(v) for v in values if v is not None and not math.isnan(float(v))))
 
 
-def metric_cell(g: pd.DataFrame, metric: str) -> Cell:
-    """The seeds of `g` (one model) for `metric`; a coherence metric also counts its seeds at chance."""
+def metric_cell(g: pd.DataFrame, metric: str, key=None) -> Cell:
+    """The seeds of `g` (one model) for `metric`; a key declared with a chance test also counts the seeds
+    that fail it: "conditional", conditional coherence not above chance; "joint", that or collapsed samples."""
     if metric not in g:
         return Cell(())
     c = cell(g[metric])
-    if metric.startswith("coherence_") and "at_chance" in g:
-        c.at_chance = int(g.loc[g[metric].notna(), "at_chance"].astype(bool).sum())
+    test = key.chance if key is not None else None
+    if test and "at_chance" in g:
+        flagged = g["at_chance"].astype(bool)
+        if test == "joint" and "collapsed" in g:
+            flagged = flagged | g["collapsed"].astype(bool)
+        c.at_chance = int(flagged[g[metric].notna()].sum())
     return c
 
 
@@ -205,7 +293,7 @@ def rank(cells: dict[str, Cell], lower: bool) -> None:
 # ----------------------------------------------------------------- per-M tables
 @dataclass
 class Table:
-    """The models trained under one protocol hash (one dataset, one M), ranked per metric."""
+    """The models trained under one protocol hash and metric versions (one dataset, one M), ranked per metric."""
 
     dataset: str
     M: int
@@ -216,13 +304,19 @@ class Table:
     metrics: list[str]
     rows: dict[str, tuple[int, dict[str, Cell]]] = field(default_factory=dict)  # model -> (seeds, {metric: Cell})
     n_records: int = 0
+    metric_versions: str = ""  # metrics not at version 1, e.g. "coherence_joint v2"
+    keys: dict = field(default_factory=dict)  # metric -> its MetricKey (None: no installed metric declares it)
+
+    def lower(self, metric: str) -> bool | None:
+        return _lower(self.keys.get(metric))
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "M": self.M, "protocol_hash": self.protocol_hash, "profile": self.profile,
-                "protocol_version": self.protocol_version, "family_hash": self.family_hash,
+                "protocol_version": self.protocol_version, "metric_versions": self.metric_versions,
+                "family_hash": self.family_hash,
                 "rows": [{"model": model, "seeds": seeds,
                           "metrics": {m: {"mean": _num(c.mean), "std": _num(c.std), "n": c.n, "best": c.best,
-                                          "significant": c.significant, "lower_is_better": lower_is_better(m),
+                                          "significant": c.significant, "lower_is_better": self.lower(m),
                                           "seeds_at_chance": c.at_chance, **({"bound": c.bound} if c.bound else {})}
                                       for m, c in cells.items()}}
                          for model, (seeds, cells) in self.rows.items()]}
@@ -241,42 +335,49 @@ def default_metrics(df: pd.DataFrame) -> list[str]:
     return _present(df, DEFAULT_METRICS)
 
 
-def build_table(part: pd.DataFrame, metrics: list[str]) -> Table:
+def build_table(part: pd.DataFrame, metrics: list[str], catalog: Catalog | None = None) -> Table:
+    catalog = catalog or Catalog()
     first = part.iloc[0]
     t = Table(first["dataset"], int(first["M"]), first["protocol_hash"], first["profile"],
-              int(first["protocol_version"]), first["family_hash"], metrics, n_records=len(part))
+              int(first["protocol_version"]), first["family_hash"], metrics, n_records=len(part),
+              metric_versions=first.get("metric_versions", "") or "", keys={m: catalog.key(m) for m in metrics})
     for model, g in part.groupby("model", sort=True):
-        cells = {m: metric_cell(g, m) for m in metrics}
+        cells = {m: metric_cell(g, m, t.keys[m]) for m in metrics}
         for m, c in cells.items():
             if m + BOUND_SUFFIX in g and c.n:
                 c.bound = ",".join(sorted(g[m + BOUND_SUFFIX].dropna().unique()))
         t.rows[model] = (int(g["seed"].nunique()), cells)
     for m in metrics:
+        if t.lower(m) is None:  # no declared direction: shown, not ranked
+            continue
         # Bounds of different names are different quantities: rank each bound apart.
         col = {model: cells[m] for model, (_, cells) in t.rows.items()}
         for bound in sorted({c.bound for c in col.values()}):
-            rank({k: c for k, c in col.items() if c.bound == bound}, lower_is_better(m))
+            rank({k: c for k, c in col.items() if c.bound == bound}, t.lower(m))
     return t
 
 
 def compare_tables(records: list[RunRecord], dataset: str | None = None,
-                   metrics: list[str] | None = None) -> list[Table]:
-    """One Table per (dataset, M, protocol hash); within a (dataset, M) the hash with most records first."""
-    return frame_tables(records_frame(records), dataset, metrics)
+                   metrics: list[str] | None = None, registry=None) -> list[Table]:
+    """One Table per (dataset, M, protocol hash, metric versions); within a (dataset, M) the one with most
+    records first. Directions and marks come from the metrics registered in `registry` (default: installed)."""
+    return frame_tables(records_frame(records), dataset, metrics, Catalog(registry))
 
 
-def frame_tables(df: pd.DataFrame, dataset: str | None = None, metrics: list[str] | None = None) -> list[Table]:
+def frame_tables(df: pd.DataFrame, dataset: str | None = None, metrics: list[str] | None = None,
+                 catalog: Catalog | None = None) -> list[Table]:
+    catalog = catalog or Catalog()
     if dataset:
         df = df[df["dataset"] == dataset]
     if df.empty:
         return []
     out = []
     for (_, _), dm in df.groupby(["dataset", "M"], sort=True):
-        parts = [p for _, p in dm.groupby("protocol_hash", sort=True)]
+        parts = [p for _, p in dm.groupby(["protocol_hash", "metric_versions"], sort=True)]
         parts.sort(key=lambda p: -len(p))  # stable: ties keep hash order
         for p in parts:
             cols = _present(p, metrics) if metrics else default_metrics(p)
-            out.append(build_table(p, cols))
+            out.append(build_table(p, cols, catalog))
     return out
 
 
@@ -307,13 +408,32 @@ def _github(rows: list[list[str]], headers: list[str]) -> str:
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def quick_fid(metric: str, profile: str) -> bool:
-    """Inception FID from a profile other than `paper`: few samples, biased upward, marked as such."""
-    return metric.startswith("fid") and profile != "paper"
+def quick_fid(key, profile: str) -> bool:
+    """A key declared `quick_biased` (Inception FID: few samples, biased upward) from a profile other than `paper`."""
+    return bool(key is not None and key.quick_biased and profile != "paper")
 
 
-def metric_header(metric: str, profile: str) -> str:
-    return f"{metric} {arrow(metric)}" + (QUICK_FID_MARK if quick_fid(metric, profile) else "")
+def metric_header(metric: str, profile: str, key=None) -> str:
+    a = arrow_of(key)
+    return (f"{metric} {a}" if a else metric) + (QUICK_FID_MARK if quick_fid(key, profile) else "")
+
+
+def columns_legend(keys: dict) -> str:
+    """One line naming what each shown column means, from the entries that declare them."""
+    parts = []
+    for m, key in keys.items():
+        a = arrow_of(key)
+        what = key.description if key is not None else "no installed metric declares it: not ranked"
+        parts.append(f"`{m}`{' ' + a if a else ''} {what}")
+    return "Columns: " + "; ".join(parts) + "." if parts else ""
+
+
+def _union_keys(tables: list[Table]) -> dict:
+    keys: dict = {}
+    for t in tables:
+        for m in t.metrics:
+            keys.setdefault(m, t.keys.get(m))
+    return keys
 
 
 def quick_fid_note(profile: str, protocol: dict | None) -> str:
@@ -324,24 +444,27 @@ def quick_fid_note(profile: str, protocol: dict | None) -> str:
 
 def table_markdown(t: Table, protocol: dict | None = None) -> str:
     rows = [[model, str(seeds)] + [fmt_cell(cells[m]) for m in t.metrics] for model, (seeds, cells) in t.rows.items()]
-    md = _github(rows, ["model", "seeds"] + [metric_header(m, t.profile) for m in t.metrics])
-    if any(quick_fid(m, t.profile) for m in t.metrics):
+    md = _github(rows, ["model", "seeds"] + [metric_header(m, t.profile, t.keys.get(m)) for m in t.metrics])
+    if any(quick_fid(t.keys.get(m), t.profile) for m in t.metrics):
         md += "\n\n" + quick_fid_note(t.profile, protocol)
     return md
 
 
 def table_title(t: Table) -> str:
-    return f"{t.dataset} — M = {t.M} — profile `{t.profile}`, protocol v{t.protocol_version} `{t.protocol_hash[:12]}`"
+    versions = f", metrics {t.metric_versions}" if t.metric_versions else ""
+    return (f"{t.dataset} — M = {t.M} — profile `{t.profile}`, protocol v{t.protocol_version} "
+            f"`{t.protocol_hash[:12]}`{versions}")
 
 
 def compare_markdown(tables: list[Table], protocols: dict[str, dict] | None = None) -> str:
-    parts = [LEGEND, ""]
+    columns = columns_legend(_union_keys(tables))
+    parts = [LEGEND, "", *([columns, ""] if columns else [])]
     seen: dict[tuple[str, int], int] = {}
     for t in tables:
         key = (t.dataset, t.M)
         note = ""
         if seen.get(key):
-            note = "\n\nA different protocol from the table above: not ranked with it."
+            note = "\n\nA different protocol or metric versions from the table above: not ranked with it."
         seen[key] = seen.get(key, 0) + 1
         parts += [f"## {table_title(t)}{note}", "", table_markdown(t, (protocols or {}).get(t.protocol_hash)), ""]
     return "\n".join(parts)
@@ -354,17 +477,21 @@ def compare_csv(tables: list[Table]) -> str:
         for model, (seeds, cells) in t.rows.items():
             for m, c in cells.items():
                 rows.append({"dataset": t.dataset, "M": t.M, "protocol_hash": t.protocol_hash, "profile": t.profile,
-                             "protocol_version": t.protocol_version, "family_hash": t.family_hash, "model": model,
+                             "protocol_version": t.protocol_version, "metric_versions": t.metric_versions,
+                             "family_hash": t.family_hash, "model": model,
                              "seeds": seeds, "metric": m, "mean": _num(c.mean), "std": _num(c.std), "n": c.n,
-                             "best": c.best, "significant": c.significant, "lower_is_better": lower_is_better(m),
+                             "best": c.best, "significant": c.significant, "lower_is_better": t.lower(m),
                              "seeds_at_chance": c.at_chance, "bound": c.bound})
-    cols = ["dataset", "M", "protocol_hash", "profile", "protocol_version", "family_hash", "model", "seeds", "metric",
-            "mean", "std", "n", "best", "significant", "lower_is_better", "seeds_at_chance", "bound"]
+    cols = ["dataset", "M", "protocol_hash", "profile", "protocol_version", "metric_versions", "family_hash", "model",
+            "seeds", "metric", "mean", "std", "n", "best", "significant", "lower_is_better", "seeds_at_chance", "bound"]
     return pd.DataFrame(rows, columns=cols).to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def compare_json(tables: list[Table]) -> str:
-    return json.dumps({"legend": LEGEND, "tables": [t.to_dict() for t in tables]}, indent=2, ensure_ascii=False)
+    columns = {m: {"direction": k.direction if k else None, "description": k.description if k else None}
+               for m, k in _union_keys(tables).items()}
+    return json.dumps({"legend": LEGEND, "columns": columns, "tables": [t.to_dict() for t in tables]}, indent=2,
+                      ensure_ascii=False)
 
 
 # ----------------------------------------------------------------- modality scaling
@@ -380,6 +507,7 @@ class Curve:
     xlabel: str
     xs: list[int]
     cells: dict[str, dict[int, Cell]]  # model -> x -> Cell
+    key: object = None  # the MetricKey of `metric` (of its per-k keys for a curve over k)
 
     def series(self) -> dict[str, tuple[list[int], list[float], list[float]]]:
         out = {}
@@ -390,36 +518,54 @@ class Curve:
 
 
 def _rank_curve(cv: Curve) -> Curve:
-    for x in cv.xs:
-        rank({m: by_x[x] for m, by_x in cv.cells.items() if x in by_x}, lower_is_better(cv.metric))
+    lower = _lower(cv.key)
+    if lower is not None:
+        for x in cv.xs:
+            rank({m: by_x[x] for m, by_x in cv.cells.items() if x in by_x}, lower)
     return cv
 
 
-def scaling_curves(fam: pd.DataFrame) -> list[Curve]:
-    """Each SCALING_METRICS present vs M, for the records of one protocol family."""
+def scaling_metrics(fam: pd.DataFrame) -> list[str]:
+    """The first present of each SCALING_METRICS alternative, for one protocol family."""
+    return [present[0] for alts in SCALING_METRICS if (present := _present(fam, list(alts)))]
+
+
+def scaling_curves(fam: pd.DataFrame, catalog: Catalog | None = None) -> list[Curve]:
+    """The headline metrics (SCALING_METRICS) vs M, for the records of one protocol family."""
+    catalog = catalog or Catalog()
     first = fam.iloc[0]
     xs = sorted(int(m) for m in fam["M"].unique())
     out = []
-    for metric in _present(fam, SCALING_METRICS):
-        cells = {model: {int(M): metric_cell(gm, metric) for M, gm in g.groupby("M", sort=True)}
+    for metric in scaling_metrics(fam):
+        key = catalog.key(metric)
+        cells = {model: {int(M): metric_cell(gm, metric, key) for M, gm in g.groupby("M", sort=True)}
                  for model, g in fam.groupby("model", sort=True)}
         out.append(_rank_curve(Curve(first["dataset"], first["family_hash"], first["profile"],
-                                     int(first["protocol_version"]), metric, "number of modalities M", xs, cells)))
+                                     int(first["protocol_version"]), metric, "number of modalities M", xs, cells,
+                                     key)))
     return out
 
 
-def k_curve(fam: pd.DataFrame) -> tuple[int, Curve] | None:
-    """Conditional coherence vs k at the largest M of the family that has per-k coherence."""
+def k_curve(fam: pd.DataFrame, catalog: Catalog | None = None) -> tuple[int, Curve] | None:
+    """Conditional coherence vs k at the largest M of the family that has per-k coherence (balanced where
+    recorded, else plain)."""
+    catalog = catalog or Catalog()
     for M in sorted(fam["M"].unique(), reverse=True):
         part = fam[fam["M"] == M]
-        ks = sorted(int(m.group(1)) for c in part.columns if (m := _K_METRIC.match(c)) and part[c].notna().any())
+        for pattern in K_SERIES:
+            ks = {int(m.group(1)): c for c in part.columns if (m := pattern.match(c)) and part[c].notna().any()}
+            if ks:
+                break
         if not ks:
             continue
-        cells = {model: {k: metric_cell(g, f"coherence_cond_k{k}") for k in ks}
+        ks = dict(sorted(ks.items()))
+        key = catalog.key(next(iter(ks.values())))
+        cells = {model: {k: metric_cell(g, col, key) for k, col in ks.items()}
                  for model, g in part.groupby("model", sort=True)}
         first = part.iloc[0]
+        name = next(iter(ks.values())).rsplit("_k", 1)[0]  # coherence_cond_bal or coherence_cond
         cv = Curve(first["dataset"], first["family_hash"], first["profile"], int(first["protocol_version"]),
-                   "coherence_cond", "number of given modalities k", ks, cells)
+                   name, "number of given modalities k", list(ks), cells, key)
         return int(M), _rank_curve(cv)
     return None
 
@@ -480,40 +626,59 @@ def compute_line(fr: pd.DataFrame) -> str:
             "parallel workers.")
 
 
+def _fmt(r, col: str) -> str:
+    v = getattr(r, col, math.nan)
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
 def chance_lines(fr: pd.DataFrame) -> list[str]:
-    """Whether every seed left chance, and the seeds that did not (they stay in the means, marked)."""
+    """Whether every seed left chance and none collapsed, and the seeds that did not (they stay in the means,
+    marked)."""
     known = fr[fr["chance_level"].notna()] if "chance_level" in fr else fr.iloc[:0]
     if known.empty:
         return []
     levels = ", ".join(f"{c:.3g}" for c in sorted(known["chance_level"].unique()))
-    bad = known[known["at_chance"].astype(bool)]
+    at_chance = known["at_chance"].astype(bool)
+    collapsed_ = known["collapsed"].astype(bool) if "collapsed" in known else at_chance & False
+    bad = known[at_chance | collapsed_]
     head = (f"Chance: conditional coherence {levels} (1/C for C classes); a seed is above chance when a one-sided "
-            f"binomial test gives p < {CHANCE_P} (see the legend). ")
+            f"binomial test gives p < {CHANCE_P}, and its prior samples are collapsed when their joint agreement is "
+            f"not above chance or one class takes more than {MAJORITY_MAX} of a modality's samples (see the legend). ")
     if bad.empty:
-        return [head + f"Every seed of every model is above chance ({len(known)} of {len(known)} records).", ""]
-    rows = [[r.model, str(int(r.M)), str(int(r.seed)), f"{r.coherence_cond_mean:.3f}",
-             f"{r.coherence_joint:.3f}" if "coherence_joint" in bad and not math.isnan(r.coherence_joint) else "–"]
+        return [head + f"Every seed of every model is above chance ({len(known)} of {len(known)} records)"
+                + (", and none is collapsed." if "coherence_joint_chance" in known else "."), ""]
+    cond = "coherence_cond_bal_mean" if "coherence_cond_bal_mean" in bad and bad["coherence_cond_bal_mean"].notna().any() \
+        else "coherence_cond_mean"
+    cols = [c for c in (cond, "coherence_joint", "coherence_joint_kappa", "coherence_joint_majority") if c in bad]
+    rows = [[r.model, str(int(r.M)), str(int(r.seed))] + [_fmt(r, c) for c in cols]
+            + [", ".join(w for w, f in (("conditional at chance", r.at_chance),
+                                        ("collapsed", getattr(r, "collapsed", False))) if f)]
             for r in bad.sort_values(["model", "M", "seed"]).itertuples()]
-    return [head + f"{len(bad)} of {len(known)} records are not above chance; they stay in the means below, whose "
-            f"coherence cells carry {CHANCE_MARK}:", "",
-            _github(rows, ["model", "M", "seed", "coherence_cond_mean", "coherence_joint"]), ""]
+    return [head + f"{len(bad)} of {len(known)} records are not above chance or collapsed; they stay in the means "
+            f"below, whose coherence cells carry {CHANCE_MARK}:", "",
+            _github(rows, ["model", "M", "seed", *cols, "why"]), ""]
 
 
 def _md_image(alt: str, rel: str) -> str:
     return f"![{alt}]({rel})"
 
 
-def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path]) -> list[str]:
+def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
+                   catalog: Catalog | None = None) -> list[str]:
     from shala_bench.plots import line_plot
 
+    catalog = catalog or Catalog()
     p, short = fam.protocol, fam.family_hash[:12]
     profile, version = fam.frame["profile"].iloc[0], int(fam.frame["protocol_version"].iloc[0])
+    versions = fam.frame["metric_versions"].iloc[0] if "metric_versions" in fam.frame else ""
     models = sorted(fam.frame["model"].unique())
     compute = compute_line(fam.frame)
     lines = [f"## Profile `{profile}`, protocol v{version}, family `{short}`", "", budget_line(p), "",
+             f"Metric versions: {versions} (every other metric v1)." if versions else
+             "Metric versions: every metric v1.", "",
              *([compute, ""] if compute else []),
              "Protocol hash per number of modalities M (the family hash is the hash of the protocol without "
-             "`n_modalities`):", ""]
+             "`n_modalities`, and of the metric versions):", ""]
     rows = []
     for M, h in fam.hashes.items():
         part = fam.frame[fam.frame["M"] == M]
@@ -526,34 +691,42 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path]) 
 
     def plot(cv: Curve, name: str, ylabel: str, what: str) -> str:
         path = out / plots_rel / f"{short}-{name}.png"
+        conditional = cv.key is not None and cv.key.chance == "conditional"
         line_plot(path, cv.series(), xlabel=cv.xlabel, ylabel=ylabel, title=plot_title(cv, what), models=models,
-                  xticks=cv.xs, chance=chance if cv.metric in ("coherence_cond_mean", "coherence_cond") else None)
+                  xticks=cv.xs, chance=chance if conditional else None)
         written.append(path)
         return _md_image(what, f"{plots_rel}/{path.name}")
 
-    curves, kc = scaling_curves(fam.frame), k_curve(fam.frame)
+    curves, kc = scaling_curves(fam.frame, catalog), k_curve(fam.frame, catalog)
+    tables = frame_tables(fam.frame, catalog=catalog)
+    shown = {cv.metric: cv.key for cv in curves}
+    shown.update(_union_keys(tables))
+    if shown:
+        lines += [columns_legend(shown), ""]
     if curves or kc:
         lines += ["### Modality scaling", ""]
     for cv in curves:
-        what = f"{cv.metric} {arrow(cv.metric)} vs M"
-        lines += [f"#### {what}", "", plot(cv, f"{cv.metric}-vs-M", f"{cv.metric} {arrow(cv.metric)}", what), "",
-                  curve_markdown(cv, "M"), ""]
+        a = arrow_of(cv.key)
+        label = f"{cv.metric} {a}" if a else cv.metric
+        what = f"{label} vs M"
+        lines += [f"#### {what}", "", plot(cv, f"{cv.metric}-vs-M", label, what), "", curve_markdown(cv, "M"), ""]
     if kc:
         M, cv = kc
-        what = f"conditional coherence ↑ vs k at M = {M}"
-        lines += [f"#### Conditional coherence vs the number of given modalities k (M = {M}, protocol "
+        name = ("balanced " if cv.metric.endswith("_bal") else "") + "conditional coherence"
+        what = f"{name} ↑ vs k at M = {M}"
+        lines += [f"#### {name[0].upper() + name[1:]} vs the number of given modalities k (M = {M}, protocol "
                   f"`{fam.hashes[M][:12]}`)", "",
-                  plot(cv, f"coherence_cond-vs-k-M{M}", "conditional coherence ↑", what), "",
+                  plot(cv, f"{cv.metric}-vs-k-M{M}", f"{name} ↑", what), "",
                   curve_markdown(cv, "k"), ""]
 
     lines += ["### Leaderboard per M", ""]
-    for t in frame_tables(fam.frame):
+    for t in tables:
         lines += [f"#### M = {t.M} — protocol `{t.protocol_hash[:12]}`", "", table_markdown(t, p), ""]
     return lines
 
 
 def dataset_page(ds: str, fams: list[Family], failed: list[RunRecord], out: Path, records_rel: str,
-                 written: list[Path]) -> str:
+                 written: list[Path], catalog: Catalog | None = None) -> str:
     lines = [f"# Leaderboard: {ds}", "",
              f"Generated by `shala-bench leaderboard` from the run records in [`{records_rel}/`]({records_rel}/) "
              "only; do not edit by hand.", ""]
@@ -566,7 +739,7 @@ def dataset_page(ds: str, fams: list[Family], failed: list[RunRecord], out: Path
                      f"{fr['seed'].nunique()} seeds; protocol hashes {hashes}.")
     lines += ["", LEGEND, ""]
     for fam in fams:
-        lines += family_section(fam, out, f"plots/{ds}", written)
+        lines += family_section(fam, out, f"plots/{ds}", written, catalog)
     if failed:
         lines += ["## Failed runs", "", "Recorded, not shown in the tables above.", ""]
         rows = [[r.model, str(r.seed), str(r.n_modalities), f"`{r.protocol_hash[:12]}`", r.status]
@@ -603,7 +776,7 @@ def _relpath(target: Path, start: Path) -> str:
 
 
 def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | None = None,
-                       records_dir: Path | None = None) -> list[Path]:
+                       records_dir: Path | None = None, registry=None) -> list[Path]:
     """Write <out>/<dataset>.md (+ plots/<dataset>/*.png) for each dataset, and <out>/README.md.
 
     Deterministic: sorted order, no timestamps, PNGs without software/time metadata. Stale PNGs
@@ -615,6 +788,7 @@ def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | N
     df = records_frame(records)
     protocols = {r.protocol_hash: r.protocol for r in records if r.ok}
     fams = families(df, protocols) if not df.empty else []
+    catalog = Catalog(registry)
     written: list[Path] = []
     datasets = sorted({r.dataset for r in records})
     for ds in datasets:
@@ -622,7 +796,7 @@ def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | N
             continue
         plots: list[Path] = []
         failed = [r for r in records if r.dataset == ds and not r.ok and r.status != "running"]
-        text = dataset_page(ds, [f for f in fams if f.dataset == ds], failed, out, records_rel, plots)
+        text = dataset_page(ds, [f for f in fams if f.dataset == ds], failed, out, records_rel, plots, catalog)
         for stale in sorted((out / "plots" / ds).glob("*.png")):
             if stale not in plots:
                 stale.unlink()

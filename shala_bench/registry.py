@@ -38,12 +38,50 @@ class DatasetEntry:
     coherence_chance: float | None = None
 
 
+DIRECTIONS = ("higher", "lower", None)  # None: recorded, not ranked (a count, a chance level, a name)
+CHANCE_TESTS = ("conditional", "joint", None)
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """What one key (or an fnmatch pattern of keys, e.g. ``coherence_cond_k*``) of a metric's output means.
+
+    ``direction``: "higher" or "lower" is better, or None for a value that is not ranked. ``chance``:
+    which seed-level chance test marks its leaderboard cells (§): "conditional" (conditional coherence
+    not above chance) or "joint" (that, or a collapsed joint sample). ``quick_biased``: biased by the
+    small sample counts of profiles other than ``paper`` (marked ‡ there).
+    """
+
+    pattern: str
+    direction: str | None
+    description: str
+    chance: str | None = None
+    quick_biased: bool = False
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"MetricKey {self.pattern!r}: direction {self.direction!r} is not one of {DIRECTIONS}")
+        if self.chance not in CHANCE_TESTS:
+            raise ValueError(f"MetricKey {self.pattern!r}: chance {self.chance!r} is not one of {CHANCE_TESTS}")
+
+    def matches(self, key: str) -> bool:
+        return fnmatch.fnmatchcase(key, self.pattern)
+
+
 @dataclass(frozen=True)
 class MetricEntry:
     name: str
     compute: Callable[..., dict]  # (EvalContext) -> dict
     description: str
     order: int = 100  # evaluation order: cheap and prerequisite metrics first
+    # Bump when the meaning or the computation of any key changes: records of different versions are
+    # never ranked together (a leaderboard splits them into families, as a protocol change does).
+    version: int = 1
+    # Every key it writes, in order; the first pattern that matches a key describes it.
+    keys: tuple[MetricKey, ...] = ()
+
+    def key(self, key: str) -> MetricKey | None:
+        return next((k for k in self.keys if k.matches(key)), None)
 
 
 @dataclass(frozen=True)
@@ -99,6 +137,17 @@ class Registry:
 
     def get_metric(self, name: str) -> MetricEntry:
         return self._get(self.metrics, "metric", name)
+
+    def metric_key(self, key: str) -> tuple[MetricEntry, MetricKey] | None:
+        """The registered metric that declares a record key, and its declaration (None: no metric does)."""
+        for reg in self.metrics.values():
+            if (k := reg.entry.key(key)) is not None:
+                return reg.entry, k
+        return None
+
+    def metric_versions(self) -> dict[str, int]:
+        """{metric name: version} of every registered metric."""
+        return {name: reg.entry.version for name, reg in self.metrics.items()}
 
     def list(self, kind: str, pattern: str = "*") -> dict[str, Registered]:
         table = {"models": self.models, "datasets": self.datasets, "metrics": self.metrics}[kind]

@@ -55,3 +55,13 @@ def test_a_classifier_trained_at_one_m_is_reused_at_another(tmp_path, monkeypatc
     for m in ("m0", "m1"):
         a, b = first[m][0].state_dict(), again[m][0].state_dict()
         assert first[m][1] == again[m][1] and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loading_cached_classifiers_leaves_the_callers_random_stream_alone(tmp_path):
+    p, d = protocol(), loaded(2)
+    C.get_classifiers(d, p, cache_dir=tmp_path)  # trains and caches
+    torch.manual_seed(7)
+    C.get_classifiers(d, p, cache_dir=tmp_path)  # loads: builds the modules, then replaces their weights
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(3))

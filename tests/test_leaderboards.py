@@ -70,11 +70,42 @@ def test_failed_records_and_non_numeric_metrics_are_left_out():
     assert t.rows["mvae"][1]["coherence_joint"].mean == pytest.approx(0.3)
 
 
-def test_direction_of_each_metric_comes_from_its_name():
-    assert lb.lower_is_better("fd_mean") and lb.lower_is_better("fid_mean") and lb.lower_is_better("test_nll")
-    assert not lb.lower_is_better("coherence_joint") and not lb.lower_is_better("probe_all")
+def test_direction_of_each_metric_comes_from_its_entry():
+    cat = lb.Catalog()
+    for m in ("fd_mean", "fid_mean", "fd_cond_k2", "fd_joint_m0", "test_nll"):
+        assert cat.direction(m) == "lower", m
+    for m in ("coherence_joint", "coherence_joint_kappa", "coherence_cond_bal_k3", "coherence_cond_kmax", "probe_all"):
+        assert cat.direction(m) == "higher", m
+    assert cat.direction("fd_n") is None and cat.direction("coherence_joint_chance") is None
     cells = _cells(lb.compare_tables(records({"a": [10.0, 11.0], "b": [20.0, 21.0]}, metric="fd_mean")), "fd_mean")
     assert cells["a"].best and not cells["b"].best
+
+
+def _toy_plugin():
+    import importlib
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "thirdparty_plugin"))
+    try:
+        return importlib.import_module("shala_toy_plugin")
+    finally:
+        sys.path.pop(0)
+
+
+def test_direction_of_a_third_party_kid_mean_comes_from_its_entry_not_its_name():
+    from shala_bench.registry import Registry
+
+    rs = records({"a": [0.010, 0.011, 0.012], "b": [0.050, 0.051, 0.052]}, metric="kid_mean")
+    with_plugin = Registry(plugins=[_toy_plugin()])
+    (t,) = lb.compare_tables(rs, metrics=["kid_mean"], registry=with_plugin)
+    cells = _cells([t], "kid_mean")
+    assert cells["a"].best and cells["a"].significant and not cells["b"].best  # lower is better, as declared
+    md = lb.compare_markdown([t])
+    assert "kid_mean ↓" in md and "`kid_mean` ↓ squared MMD (cubic kernel)" in md
+    # without the plugin no installed metric declares it: shown, never ranked, and said so
+    (bare,) = lb.compare_tables(rs, metrics=["kid_mean"])
+    plain = _cells([bare], "kid_mean")
+    assert not plain["a"].best and not plain["b"].best and bare.lower("kid_mean") is None
+    assert "`kid_mean` no installed metric declares it: not ranked" in lb.compare_markdown([bare])
 
 
 def test_bounds_of_different_names_are_ranked_apart():
@@ -104,7 +135,7 @@ def test_mixed_protocol_hashes_are_never_ranked_together():
     md = lb.compare_markdown(tables)
     assert md.count("## toy — M = 2") == 2
     assert f"`{main_t.protocol_hash[:12]}`" in md and f"`{other.protocol_hash[:12]}`" in md
-    assert "A different protocol from the table above: not ranked with it." in md
+    assert "A different protocol or metric versions from the table above: not ranked with it." in md
 
 
 def test_family_hash_ignores_only_the_number_of_modalities():
@@ -240,13 +271,22 @@ def test_the_page_says_what_the_records_cost_and_on_what():
 
 # ----------------------------------------------------------------- golden Markdown
 GOLDEN_COMPARE = """\
-Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). **Bold**: the best mean of \
-the column (↑ higher is better, ↓ lower is better). †: the best is better than the runner-up beyond seed noise — \
-one-sided Welch's t-test over seeds (`scipy.stats.ttest_ind(equal_var=False)`), p < 0.05, tested only where both \
-have ≥ 2 seeds. Rows with different protocol hashes are never ranked together; a bound (e.g. test_nll) is ranked \
-only against the same bound, named in brackets. §: a coherence cell with at least one seed whose conditional \
-coherence is not above chance — one-sided binomial test of its hits among the min(eval_n, n_test) test tuples \
-against 1/C (`scipy.stats.binomtest`), p ≥ 0.01; such a seed's coherences are not a result.
+Cells: mean ± sample standard deviation over seeds (ddof = 1; no ± with a single seed). **Bold**: the best mean \
+of the column (↑ higher is better, ↓ lower is better, as the metric that writes the column declares it; a column\
+ without an arrow is not ranked). †: the best is better than the runner-up beyond seed noise — one-sided Welch's\
+ t-test over seeds (`scipy.stats.ttest_ind(equal_var=False)`), p < 0.05, tested only where both have ≥ 2 seeds. \
+Rows with different protocol hashes or metric versions are never ranked together; a bound (e.g. test_nll) is \
+ranked only against the same bound, named in brackets. §: a coherence cell with at least one seed whose \
+conditional coherence is not above chance — one-sided binomial test of its hits among the min(eval_n, n_test) \
+test tuples against 1/C (`scipy.stats.binomtest`), p ≥ 0.01, on the balanced accuracy where recorded (a constant\
+ answer scores exactly 1/C), else on the plain accuracy; on a joint-coherence cell also a seed whose prior \
+samples are collapsed — the agreement p_o of its joint_n samples is not above the chance agreement p_e (the same\
+ binomial test, against p_e; that is, kappa not above 0), or one class takes more than 0.5 of one modality's \
+samples. Such a seed's coherences are not a result.
+
+Columns: `coherence_joint` ↑ raw agreement p_o: fraction of prior samples whose modalities' labels all agree (a \
+collapsed model scores 1); `fd_mean` ↓ unconditional in-domain Fréchet distance, mean over modalities; \
+`fid_mean` ↓ unconditional Inception FID, mean over modalities.
 
 ## toy — M = 2 — profile `quick`, protocol v1 `d513efd2f1ab`
 
@@ -255,12 +295,12 @@ against 1/C (`scipy.stats.binomtest`), p ≥ 0.01; such a seed's coherences are 
 | mopoe   | 2       | 0.310 ± 0.014       | **1.500 ± 0.707** | **140.0 ± 14.1** |
 | mvae    | 3       | **0.800 ± 0.010**†  | 3.000 ± 1.000     | 150.0 ± 14.1     |
 
-‡ FID of the `quick` profile: 500 samples per modality, biased upward with so few samples; comparable only within \
-this table, not with published (10k-sample) FIDs.
+‡ FID of the `quick` profile: 500 samples per modality, biased upward with so few samples; comparable only \
+within this table, not with published (10k-sample) FIDs.
 
 ## toy — M = 2 — profile `quick`, protocol v1 `c60c192ce34a`
 
-A different protocol from the table above: not ranked with it.
+A different protocol or metric versions from the table above: not ranked with it.
 
 | model   | seeds   | coherence_joint ↑   |
 |---------|---------|---------------------|
@@ -334,7 +374,11 @@ def sweep_records() -> list[RunRecord]:
 def test_scaling_curves_are_means_over_seeds_per_M():
     df = lb.records_frame(sweep_records())
     curves = {c.metric: c for c in lb.scaling_curves(df)}
-    assert list(curves) == ["coherence_cond_mean", "coherence_joint", "fd_mean"]
+    # metric-version-1 records: plain k = 1 and k = M - 1 coherence and the raw joint agreement stand in for
+    # the balanced and chance-corrected headlines; the mean over k is only in the per-M tables
+    assert list(curves) == ["coherence_cond_k1", "coherence_cond_kmax", "coherence_joint", "fd_mean"]
+    kmax = curves["coherence_cond_kmax"]
+    assert kmax.series()["mvae"][1] == pytest.approx([0.5 + 0.05 * 1 + 0.005, 0.5 + 0.05 * 2 + 0.005])  # k = M - 1
     cj = curves["coherence_joint"]
     assert cj.xs == [2, 3, 4]
     xs, means, stds = cj.series()["mvae"]
@@ -382,8 +426,8 @@ def test_leaderboard_twice_gives_byte_identical_files(tmp_path, capsys):
     assert _tree(out) == first
     fam, fam2 = _hash(BASE)[:12], _hash(dict(BASE, dataset="toy2"))[:12]
     assert sorted(k for k in first if not k.startswith("records/")) == [
-        "README.md", f"plots/toy/{fam}-coherence_cond-vs-k-M4.png", f"plots/toy/{fam}-coherence_cond_mean-vs-M.png",
-        f"plots/toy/{fam}-coherence_joint-vs-M.png", f"plots/toy/{fam}-fd_mean-vs-M.png",
+        "README.md", f"plots/toy/{fam}-coherence_cond-vs-k-M4.png", f"plots/toy/{fam}-coherence_cond_k1-vs-M.png",
+        f"plots/toy/{fam}-coherence_cond_kmax-vs-M.png", f"plots/toy/{fam}-coherence_joint-vs-M.png", f"plots/toy/{fam}-fd_mean-vs-M.png",
         f"plots/toy2/{fam2}-coherence_joint-vs-M.png", "toy.md", "toy2.md"]
 
 
@@ -404,7 +448,7 @@ def test_dataset_page_names_profile_budget_hashes_and_embeds_plots(tmp_path):
         assert f"| {M}   | `{_hash(dict(BASE, n_modalities=M))[:12]}`" in page
         assert f"#### M = {M} — protocol `{_hash(dict(BASE, n_modalities=M))[:12]}`" in page
     images = [line[line.index("](") + 2:-1] for line in page.splitlines() if line.startswith("![")]
-    assert len(images) == 4  # three metrics vs M, coherence vs k at the largest M
+    assert len(images) == 5  # four headline metrics vs M, coherence vs k at the largest M
     assert f"plots/toy/{fam}-coherence_cond-vs-k-M4.png" in images
     for rel in images:
         assert (out / rel).stat().st_size > 1000 and (out / rel) in written
@@ -440,3 +484,83 @@ def test_collect_copies_finished_record_files_only(tmp_path, capsys):
     assert "collected 2 record(s)" in out
     assert main(["leaderboard", "--collect", str(runs), "--results", str(recs), "--out", str(tmp_path / "lb")]) == 0
     assert "collected 0 record(s)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- metric versions and collapse marks
+def test_a_metric_version_change_splits_families_and_tables_like_a_protocol_change():
+    v1 = records({"mvae": [0.5, 0.52]})
+    v2 = [rec("mopoe", s, {"coherence_joint": v, "metric_versions": {"coherence_joint": 2, "fid": 1}})
+          for s, v in enumerate([0.9, 0.92])]
+    # a record without metric versions is of version 1 throughout: its family hash is the protocol's alone
+    assert lb.family_hash(dict(BASE, n_modalities=2), {"fid": 1}) == lb.family_hash(dict(BASE, n_modalities=2))
+    df = lb.records_frame(v1 + v2)
+    assert df["family_hash"].nunique() == 2 and set(df["metric_versions"]) == {"", "coherence_joint v2"}
+    tables = lb.compare_tables(v1 + v2)
+    assert len(tables) == 2 and {t.protocol_hash for t in tables} == {v1[0].protocol_hash}  # same protocol
+    by_v = {t.metric_versions: t for t in tables}
+    assert set(by_v[""].rows) == {"mvae"} and set(by_v["coherence_joint v2"].rows) == {"mopoe"}
+    assert "metrics coherence_joint v2" in lb.compare_markdown(tables)
+    fams = lb.families(df, {r.protocol_hash: r.protocol for r in v1 + v2})
+    assert len(fams) == 2
+
+
+def _scored(model, seed, s: dict, M=3):
+    """A record of a fake model's coherence metrics (tests/test_coherence.py) under a protocol with enough tuples."""
+    return rec(model, seed, dict(s, metric_versions={"coherence_conditional": 2, "coherence_joint": 2}), M=M,
+               eval_n=1100, n_test=1100, joint_n=1000)
+
+
+def test_a_constant_model_is_marked_collapsed_and_a_perfect_one_is_not():
+    from test_coherence import CONSTANT, PERFECT, scores
+
+    const, perfect = scores(CONSTANT), scores(PERFECT)
+    rs = [_scored("constant", s, const) for s in (0, 1)] + [_scored("perfect", s, perfect) for s in (0, 1)]
+    df = lb.records_frame(rs)
+    assert df.set_index("model")["collapsed"].groupby(level=0).all().to_dict() == {"constant": True, "perfect": False}
+    assert df.set_index("model")["at_chance"].groupby(level=0).all().to_dict() == {"constant": True, "perfect": False}
+    (t,) = lb.compare_tables(rs, metrics=["coherence_joint_kappa", "coherence_joint", "coherence_cond_bal_mean"])
+    c, p = t.rows["constant"][1], t.rows["perfect"][1]
+    assert c["coherence_joint"].at_chance == 2 and c["coherence_joint_kappa"].at_chance == 2
+    assert not p["coherence_joint"].at_chance and not p["coherence_joint_kappa"].at_chance
+    md = lb.table_markdown(t)
+    # kappa 0 and raw agreement 1 (tied in bold with the perfect model's: why raw agreement is not the headline)
+    assert "| constant | 2       | 0.000 ± 0.000§            | **1.000 ± 0.000**§  | 0.100 ± 0.000§" in md
+    text = "\n".join(lb.chance_lines(df))
+    assert "2 of 4 records are not above chance or collapsed" in text and "conditional at chance, collapsed" in text
+
+
+def _joint(p_o, p_e, majority, joint_n=1000):
+    return rec("m", 0, {"coherence_joint": p_o, "coherence_joint_chance": p_e, "coherence_joint_majority": majority,
+                        "coherence_cond_bal_mean": 0.9, "coherence_cond_chance": 0.1},
+               eval_n=500, n_test=500, joint_n=joint_n)
+
+
+def test_collapse_is_kappa_not_above_chance_by_the_binomial_test_or_a_majority_above_half():
+    from scipy.stats import binomtest
+
+    n, p_e = 1000, 0.2
+    k = next(h for h in range(n + 1) if binomtest(h, n, p_e, alternative="greater").pvalue < lb.CHANCE_P)
+    assert not lb.collapsed(_joint(k / n, p_e, 0.3)) and lb.collapsed(_joint((k - 1) / n, p_e, 0.3))
+    # high kappa, but one class takes 60 % of a modality's samples: collapsed all the same
+    assert lb.collapsed(_joint(0.95, 0.3, 0.6)) and not lb.collapsed(_joint(0.95, 0.3, 0.5))
+    # a metric-version-1 record has neither p_e nor the majority share: never called collapsed
+    assert not lb.collapsed(rec("m", 0, {"coherence_joint": 1.0}, joint_n=1000))
+
+
+def test_version_one_records_keep_the_conditional_mark_on_their_joint_cell():
+    # MVAE seed 1 at M = 2 on the committed page: conditional 0.088, joint 1.000 (a collapsed sampler)
+    rs = [_coh("mvae", 0, 0.6), _coh("mvae", 1, 0.088)]
+    (t,) = lb.compare_tables(rs, metrics=["coherence_joint"])
+    assert t.rows["mvae"][1]["coherence_joint"].at_chance == 1
+
+
+def test_the_committed_version_one_records_still_load_and_render(tmp_path):
+    recs = Path(__file__).resolve().parents[1] / "leaderboards" / "records"
+    records_ = load_records(recs)
+    df = lb.records_frame(records_)
+    assert len(df) == 72 and set(df["metric_versions"]) == {""} and df["family_hash"].nunique() == 1
+    assert "coherence_cond_kmax" in df and df["coherence_cond_kmax"].notna().all()
+    lb.write_leaderboards(records_, tmp_path, records_dir=recs)
+    page = (tmp_path / "polymnist-synth.md").read_text()
+    assert "#### coherence_cond_k1 ↑ vs M" in page and "#### coherence_cond_kmax ↑ vs M" in page
+    assert "fd_cond_mean ↓" in page and "Metric versions: every metric v1." in page

@@ -60,4 +60,6 @@ def test_third_party_plugin_is_listed_and_runs(tmp_path):
     ran = subprocess.run(cli + ["run", "--model", "toy-meanfusion", "--profile", "smoke", "--no-progress",
                                 "--results", str(tmp_path / "runs")], capture_output=True, text=True, env=env)
     assert ran.returncode == 0, ran.stderr
-    assert list((tmp_path / "runs" / "polymnist-synth" / "toy-meanfusion").rglob("record.json"))
+    (record,) = (tmp_path / "runs" / "polymnist-synth" / "toy-meanfusion").rglob("record.json")
+    metrics = __import__("json").loads(record.read_text())["metrics"]
+    assert isinstance(metrics["kid_mean"], float) and metrics["metric_versions"]["toy-kid"] == 1

@@ -243,7 +243,8 @@ def get_classifiers(data: LoadedDataset, protocol: Protocol, device="cpu", cache
         with FileLock(str(path) + ".lock"):
             if path.exists():
                 blob = torch.load(path, map_location="cpu", weights_only=True)
-                clf = make_classifier(spec, data.spec.n_classes)
+                with torch.random.fork_rng(devices=[]):  # its initial weights draw from the RNG; they are replaced
+                    clf = make_classifier(spec, data.spec.n_classes)
                 clf.load_state_dict(blob["state"])
                 acc = float(blob["accuracy"])
             else:

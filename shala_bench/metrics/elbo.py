@@ -11,7 +11,7 @@ noise is seeded.
 from __future__ import annotations
 
 from shala_bench.hookspecs import hookimpl
-from shala_bench.registry import MetricEntry
+from shala_bench.registry import MetricEntry, MetricKey
 
 
 def test_bound(ctx) -> dict:
@@ -25,4 +25,9 @@ def test_bound(ctx) -> dict:
 @hookimpl
 def shala_bench_register_metrics():
     return [MetricEntry("test_bound", test_bound,
-                        "the model's own negative bound (e.g. -ELBO) per test tuple, averaged over the test split", 40)]
+                        "the model's own negative bound (e.g. -ELBO) per test tuple, averaged over the test split", 40,
+                        keys=(MetricKey("test_nll_bound", None, "the name of the bound test_nll evaluates; only "
+                                        "equal bounds are ranked together"),
+                              MetricKey("test_bound_n", None, "test tuples the bound is averaged over"),
+                              MetricKey("test_nll", "lower", "the model's own negative bound (e.g. -ELBO) per test "
+                                        "tuple, nats")))]

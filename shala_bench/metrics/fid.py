@@ -11,8 +11,9 @@ modality from each source subset of the first `fid_n` test tuples, averaged per 
 Protocol: `fid_n` generated images per set against the first `fid_n` test images
 (`paper`: 10,000 as in MMVAE+; `quick`: a small count, stamped as `fid_n` and flagged by
 `fid_note`: FID is biased upward at small n, so only compare values with equal `fid_n`;
-0 = off). Real statistics are cached per (dataset, split, modality, extractor hash) under
-the cache folder and reused by every model.
+0 = off). The loop over generated sets and the cached real statistics (per dataset, split,
+modality and extractor hash) are the one Fréchet path of `metrics/frechet.py`, which the
+in-domain FD runs too.
 
 Weights: a local file only, never downloaded and never untrained. Looked up in order:
 `--inception-weights PATH`, env SHALA_BENCH_INCEPTION_WEIGHTS, or torch hub's checkpoint
@@ -28,20 +29,16 @@ import contextlib
 import functools
 import hashlib
 import os
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from filelock import FileLock
 from torch import Tensor
 
-from shala_bench.data.cache import cache_key, default_cache_dir
+from shala_bench.data.cache import cache_key, default_cache_dir  # noqa: F401 (default_cache_dir: the stats' root)
 from shala_bench.hookspecs import hookimpl
-from shala_bench.metrics.coherence import subsets_by_size
-from shala_bench.metrics.frechet import frechet_distance, gaussian_statistics
+from shala_bench.metrics.frechet import FeatureSpace, frechet_keys, frechet_scores
 from shala_bench.registry import MetricEntry
 
 INCEPTION = "inception-v3-compat"
@@ -178,41 +175,10 @@ def inception(path: str, device: str) -> Extractor:
     return make_extractor(INCEPTION, device, Path(path), INCEPTION_SHA256)
 
 
-# ---------------------------------------------------------------- statistics
-def cond_subsets(modalities: list[str], protocol, seed: int) -> dict[int, list[tuple[str, ...]]]:
-    """Source subsets per size k for conditional FID and FD: coherence's, or a seeded `frechet_cond_subsets` per k."""
-    by_k = subsets_by_size(modalities, protocol.max_subsets_per_k, protocol.data_seed)
-    n = protocol.frechet_cond_subsets
-    if n > 0:
-        rng = random.Random(seed)
-        by_k = {k: sorted(rng.sample(S, n)) if len(S) > n else S for k, S in by_k.items()}
-    return by_k
-
-
+# ---------------------------------------------------------------- the metric
 def to_uint8(x: Tensor) -> Tensor:
     """Generated floats in [0, 1] -> uint8 pixels, as real images are stored."""
     return x.clamp(0, 1).mul(255).round().to(torch.uint8)
-
-
-def real_statistics(ctx, extractor: Extractor, modality: str, n: int, split: str = "test") -> dict:
-    """Statistics of the first n real images of a split, cached per (dataset, split, modality, extractor)."""
-    data = ctx.data
-    key = dict(dataset=ctx.protocol.dataset, data=Path(data.cache_path).name if data.cache_path else "",
-               source=data.source, n_modalities=len(data.spec.modalities), data_seed=ctx.protocol.data_seed,
-               split=split, modality=modality, n=n, extractor=extractor.identity)
-    root = Path(ctx.cache_dir or default_cache_dir()) / "fid_stats"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{ctx.protocol.dataset}-{split}-{modality}-{extractor.name}-{cache_key(key)}.npz"
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            with np.load(path) as f:
-                return {"mu": f["mu"], "sigma": f["sigma"]}
-        stats = gaussian_statistics(extractor(data.splits[split].data[modality][:n]))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez(f, **stats)
-        os.replace(tmp, path)
-    return stats
 
 
 def compute_fid(ctx, extractor: Extractor) -> dict:
@@ -221,43 +187,14 @@ def compute_fid(ctx, extractor: Extractor) -> dict:
     images = [m for m in model.modalities if ctx.data.spec.modality(m).kind == "image"]
     if not images:
         return {"fid_unavailable": f"no image modality in {ctx.data.spec.name}"}
-    test = ctx.test(p.fid_n)
-    n = len(test)
+    n = len(ctx.data.splits["test"].head(p.fid_n))
     res: dict = {"fid_n": n, "fid_extractor": f"{extractor.name}/{extractor.layer}",
                  "fid_extractor_hash": extractor.identity}
     if n < PAPER_FID_N:
         res["fid_note"] = f"n={n} < {PAPER_FID_N}: biased upward; compare only with equal fid_n"
-    real = {m: real_statistics(ctx, extractor, m, n) for m in images}
-
-    gen: dict[str, list[Tensor]] = {m: [] for m in images}
-    for i in range(0, n, 250):
-        out = model.sample(min(250, n - i))
-        for m in images:
-            gen[m].append(extractor(to_uint8(out[m])))
-    for m in images:
-        res[f"fid_joint_{m}"] = frechet_distance(gaussian_statistics(torch.cat(gen[m])), real[m])
-    res["fid_mean"] = float(np.mean([res[f"fid_joint_{m}"] for m in images]))
-
-    if len(model.modalities) > 1:
-        x = {m: torch.cat([b[m] for b, _ in ctx.batches(test)]) for m in model.modalities}
-        per_k = {}
-        for k, subsets in cond_subsets(model.modalities, p, ctx.seed).items():
-            values = []
-            for S in subsets:
-                targets = [m for m in images if m not in S]
-                if not targets:
-                    continue
-                feats: dict[str, list[Tensor]] = {t: [] for t in targets}
-                for i in range(0, n, 250):
-                    out = model.generate({m: x[m][i:i + 250] for m in S}, targets)
-                    for t in targets:
-                        feats[t].append(extractor(to_uint8(out[t])))
-                values += [frechet_distance(gaussian_statistics(torch.cat(feats[t])), real[t]) for t in targets]
-            if values:
-                per_k[k] = float(np.mean(values))
-        res.update({f"fid_cond_k{k}": v for k, v in per_k.items()})
-        if per_k:
-            res["fid_cond_mean"] = float(np.mean(list(per_k.values())))
+    space = FeatureSpace(extractor.name, lambda m: extractor.identity, lambda m, raw: extractor(raw),
+                         lambda m, x: extractor(to_uint8(x)), chunk=250)
+    res.update(frechet_scores(ctx, space, "fid", images, n))
     return res
 
 
@@ -280,4 +217,5 @@ def inception_fid(ctx) -> dict:
 def shala_bench_register_metrics():
     return [MetricEntry("fid", inception_fid,
                         "Inception FID (torch-fidelity inception-v3-compat, local hash-checked weights) per image "
-                        "modality, unconditional and conditional per k", 70)]
+                        "modality, unconditional and conditional per k", 70,
+                        keys=frechet_keys("fid", "Inception FID", quick_biased=True))]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from shala_bench.hookspecs import hookimpl
-from shala_bench.registry import MetricEntry
+from shala_bench.registry import MetricEntry, MetricKey
 
 GRID_ROWS = 8
 PAD = 2
@@ -90,4 +90,5 @@ def sample_grids(ctx) -> dict:
 def shala_bench_register_metrics():
     return [MetricEntry("grids", sample_grids,
                         "PNG grids of joint samples (rows = samples) and cross-modal generation (a row per source "
-                        "subset), saved beside the record", 90)]
+                        "subset), saved beside the record", 90,
+                        keys=(MetricKey("grids_unavailable", None, "why no grid was drawn"),))]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from shala_bench.hookspecs import hookimpl
-from shala_bench.registry import MetricEntry
+from shala_bench.registry import MetricEntry, MetricKey
 
 
 def probe_accuracy(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray) -> float:
@@ -62,4 +62,9 @@ def latent_probe(ctx) -> dict:
 def shala_bench_register_metrics():
     return [MetricEntry("probe", latent_probe,
                         "logistic-regression accuracy on encode() of each modality and of all (MoPoE's latent "
-                        "representation evaluation)", 50)]
+                        "representation evaluation)", 50,
+                        keys=(MetricKey("probe_n_*", None, "encodings the probe is fitted on (train) and tested on (test)"),
+                              MetricKey("probe_unavailable", None, "why no probe was fitted"),
+                              MetricKey("probe_uni_mean", "higher", "latent-probe accuracy, mean over single modalities"),
+                              MetricKey("probe_*", "higher", "test accuracy of a logistic regression on encode() of "
+                                        "one modality (probe_all: of all modalities)")))]
