@@ -34,6 +34,8 @@ def one_run(python: str, args, threads: int, out: Path) -> list[dict]:
            "--batch", args.batch, "--threads", str(threads), "--trials", "1", "--no-peak", "--json", str(out)]
     if args.steps:
         cmd += ["--steps", str(args.steps)]
+    if args.large_batch_steps:
+        cmd += ["--large-batch-steps", str(args.large_batch_steps)]
     # run from a neutral folder so the interpreter's own editable install decides which checkout is imported
     subprocess.run(cmd, check=True, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL,
                    env={**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -48,7 +50,9 @@ def main() -> None:
     ap.add_argument("--modalities", default="5,8")
     ap.add_argument("--batch", default="32,256")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts")
-    ap.add_argument("--steps", type=int, default=0, help="steps per measurement (default: throughput.py's)")
+    ap.add_argument("--steps", type=int, default=0, help="steps per measurement at batch <= 64 (default: throughput.py's)")
+    ap.add_argument("--large-batch-steps", type=int, default=0, help="steps per measurement at batch > 64 (default: "
+                    "throughput.py's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path, help="write the table's numbers here")
     args = ap.parse_args()

@@ -147,7 +147,8 @@ def main() -> None:
     ap.add_argument("--dataset", default="polymnist-synth")
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as sweep workers)")
-    ap.add_argument("--steps", type=int, default=0, help="steps per trial (default: 24 at batch <= 64, else 6)")
+    ap.add_argument("--steps", type=int, default=24, help="steps per trial at batch <= 64")
+    ap.add_argument("--large-batch-steps", type=int, default=6, help="steps per trial at batch > 64")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     ap.add_argument("--json", type=Path, help="write all numbers to this JSON file")
@@ -167,7 +168,7 @@ def main() -> None:
     for model_name in args.models.split(","):
         for M in (int(m) for m in args.modalities.split(",")):
             for batch in (int(b) for b in args.batch.split(",")):
-                steps = args.steps or (24 if batch <= 64 else 6)
+                steps = args.steps if batch <= 64 else args.large_batch_steps
                 cell = measure_cell(reg, ds, args.profile, model_name, M, batch, steps, args.trials, overrides)
                 if peak:
                     cell["fraction_of_fp32_peak"] = cell["achieved_gflops"] / peak["fp32_gflops"]
