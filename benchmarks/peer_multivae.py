@@ -39,7 +39,7 @@ from torch import Tensor
 
 from shala_bench.protocol import make_protocol, parse_overrides
 from shala_bench.registry import get_registry
-from shala_bench.trainer import BatchStream
+from shala_bench.trainer import BatchStream, make_optimizer
 
 try:
     import multivae
@@ -173,12 +173,14 @@ def multivae_loss(model, batch: dict[str, Tensor]) -> Tensor:
     return model(MultimodalBaseDataset(data=batch)).loss
 
 
-def timed_loop(loss_fn, model, batches: list, steps: int, warmup: int, lr: float) -> tuple[float, float]:
+def timed_loop(loss_fn, model, batches: list, steps: int, warmup: int, lr: float,
+               optimizer=torch.optim.Adam) -> tuple[float, float]:
     """Wall-clock and process-CPU seconds for `steps` optimizer steps (after `warmup` untimed ones):
-    loss, backward, Adam. At one thread the CPU time is what the step costs even on a shared machine
-    (time spent descheduled is left out); with more threads it sums over them."""
+    loss, backward, Adam (each side's own: ours is the Trainer's `make_optimizer`, MultiVae's the
+    plain `torch.optim.Adam` its trainer builds). At one thread the CPU time is what the step costs
+    even on a shared machine (time spent descheduled is left out); with more threads it sums over them."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = optimizer(model.parameters(), lr=lr)
     t = c = 0.0
     for s in range(warmup + steps):
         if s == warmup:
@@ -283,12 +285,13 @@ def main() -> None:
                         f"s.e. {check[2]:.2f})", flush=True)
                 ours_t, theirs_t = [], []
                 for trial in range(args.trials):
-                    sides = [(entry.factory, ours_loss, ours_t), (None, multivae_loss, theirs_t)]
-                    for factory, loss_fn, out in sides if trial % 2 == 0 else sides[::-1]:
+                    sides = [(entry.factory, ours_loss, ours_t, make_optimizer),
+                             (None, multivae_loss, theirs_t, torch.optim.Adam)]
+                    for factory, loss_fn, out, optimizer in sides if trial % 2 == 0 else sides[::-1]:
                         torch.manual_seed(trial)
                         np.random.seed(trial)  # MultiVae's MVAE draws its subsets with numpy
                         model = factory(data.spec, p) if factory else multivae_model(name, data.spec, p)[0]
-                        out.append(timed_loop(loss_fn, model, batches, args.steps, args.warmup, p.lr))
+                        out.append(timed_loop(loss_fn, model, batches, args.steps, args.warmup, p.lr, optimizer))
                 torch.manual_seed(0)
                 ours, (theirs, unmatched) = entry.factory(data.spec, p), multivae_model(name, data.spec, p)
                 nets = network_params(ours, theirs)
