@@ -175,7 +175,12 @@ def hardware(device) -> dict:
     import torch
 
     hw = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "device": str(device)}
+          "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "device": str(device)}
+    try:
+        hw["usable_cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
     if str(device).startswith("cuda") and torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(torch.device(device))
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION"):
