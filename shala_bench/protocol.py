@@ -19,12 +19,22 @@ from shala_bench.errors import ProtocolError, close_matches
 # Bump when the meaning of any field or of the evaluation changes.
 PROTOCOL_VERSION = 1
 
+# The harness's numbers version: bump it in the same commit as any code change that changes the numbers a run
+# gives under an unchanged protocol (a model's maths, a backbone, the trainer's step, a metric, the data builder),
+# and refresh the golden record with `python tests/golden/update.py` (tests/test_golden.py fails until both are
+# done). It is a field of every protocol, so it is part of the hash, the run id and of what `compare` ranks
+# together: records made by code that gave other numbers are never merged with these, and a sweep re-runs them.
+# Records without the field predate it (they mix code states; see leaderboards/records/).
+# History: 1 — first versioned numbers (issue 17).
+NUMBERS_VERSION = 1
+
 
 @dataclass(frozen=True)
 class Protocol:
     dataset: str
     profile: str
     protocol_version: int = PROTOCOL_VERSION
+    numbers_version: int = NUMBERS_VERSION
 
     # --- data
     n_modalities: int = 5
@@ -120,7 +130,7 @@ EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n
                      "sample_steps", "guidance_scale", "shala_ddim_eta")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
-_FIXED = {"dataset", "profile", "protocol_version"}
+_FIXED = {"dataset", "profile", "protocol_version", "numbers_version"}
 
 
 def trained_fields(recorded: dict) -> dict:
