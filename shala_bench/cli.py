@@ -13,7 +13,7 @@ import sys
 from shala_bench.errors import ShalaBenchError
 
 # Order of `--help`.
-COMMANDS = ["run", "eval", "list", "compare", "leaderboard", "data", "sweep", "status", "cancel"]
+COMMANDS = ["run", "eval", "reproduce", "list", "compare", "leaderboard", "data", "sweep", "status", "cancel"]
 
 EPILOG = """examples:
   shala-bench list
