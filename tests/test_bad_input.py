@@ -125,3 +125,14 @@ def test_a_corrupt_checkpoint_is_whole_sentences_with_the_fix(damage, smoke_run,
     assert (ck.parent / "checkpoint.pt.corrupt").read_bytes()[:64] == (data[:64] if damage == "truncate"
                                                                        else bytes(range(64)))
     assert (ck.parent / "record.json").is_file()
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--models", "mvae", "--profile", "smoke", "--threads", "0"],
+    ["sweep", "--models", "mvae", "--profile", "smoke", "--set", "beta=-1"],
+    ["run", "--model", "mvae", "--profile", "smoke", "--executor", "local", "--threads", "-2"],
+])
+def test_sweeps_refuse_bad_input_before_writing_anything(argv, tmp_path, capsys):
+    code, _, err = _run(argv + ["--results", str(tmp_path / "runs")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()

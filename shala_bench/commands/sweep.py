@@ -67,8 +67,10 @@ def finish(m, sub, args) -> int:
 def cmd_sweep(args) -> int:
     from shala_bench import sweep as sw
     from shala_bench.executors import SlurmExecutor
+    from shala_bench.commands.run import threads_arg
     from shala_bench.protocol import parse_overrides
 
+    threads_arg(args)  # a bad --threads is refused before the sweep's folder is made
     if args.resume:
         if args.models:
             raise sw.SweepError("--resume SWEEP takes the grid from the sweep's manifest; drop --models")
