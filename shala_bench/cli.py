@@ -5,14 +5,21 @@ Each subcommand lives in ``shala_bench/commands/<name>.py`` with an ``add_parser
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
+import os
 
-from shala_bench.errors import ShalaBenchError
+# Before anything imports torch (building the parser does): OpenMP threads that wait for work sleep instead
+# of spinning. Spinning threads on a machine whose cores other processes also use stall every parallel region
+# (measured: 2 threads 10-20x slower than 1 on a 2-core machine with one core busy). An explicit setting is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+from shala_bench.errors import ShalaBenchError  # noqa: E402
 
 # Order of `--help`.
-COMMANDS = ["run", "eval", "list", "compare", "leaderboard", "data", "sweep", "status", "cancel"]
+COMMANDS = ["run", "eval", "reproduce", "list", "compare", "leaderboard", "data", "sweep", "status", "cancel"]
 
 EPILOG = """examples:
   shala-bench list

@@ -48,7 +48,7 @@ class EvalContext:
 
 def evaluate(model: MultimodalVAE, protocol: Protocol, data: LoadedDataset, run_dir: Path, seed: int,
              device="cpu", cache_dir: Path | None = None, registry=None, only: list[str] | None = None,
-             options: dict | None = None):
+             options: dict | None = None, on_metric=None):
     """Run every registered metric (or those in `only`); returns (metrics, timings, artifacts).
 
     ``metrics[VERSIONS_KEY]`` is ``{metric name: version}`` of the metrics that ran: a leaderboard
@@ -56,6 +56,7 @@ def evaluate(model: MultimodalVAE, protocol: Protocol, data: LoadedDataset, run_
 
     `options` are run settings that are not part of the protocol (paths on this machine,
     e.g. ``{"inception_weights": PATH}``); metrics read them from ``ctx.options``.
+    `on_metric(i, n, name)` is called before the i-th of n metrics starts (progress lines).
     """
     from shala_bench.registry import get_registry
 
@@ -64,9 +65,10 @@ def evaluate(model: MultimodalVAE, protocol: Protocol, data: LoadedDataset, run_
                       options=dict(options or {}))
     metrics, timings, versions = {}, {}, {}
     entries = sorted((r.entry for r in reg.metrics.values()), key=lambda e: (e.order, e.name))
-    for entry in entries:
-        if only and entry.name not in only:
-            continue
+    entries = [e for e in entries if not only or e.name in only]
+    for i, entry in enumerate(entries, 1):
+        if on_metric is not None:
+            on_metric(i, len(entries), entry.name)
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed + 10_000)  # evaluation noise is seeded apart from training noise

@@ -99,6 +99,30 @@ def preemption_signal() -> int:
     return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: a cgroup, taskset or SLURM allocation), not the host's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(workers: int = 1) -> int:
+    """Torch threads per worker when --threads is not given: the usable CPUs that other processes are not already
+    busy on (the 1-minute load average), divided among `workers`; at least 1.
+
+    Why the load matters: an OpenMP thread that shares its core with a busy process stalls every parallel region of
+    the other threads; on a 2-core machine with one core in use, 2 threads trained ~10-20x slower than 1. (With
+    OMP_WAIT_POLICY=PASSIVE, which the CLI sets, the stall is far smaller but 2 threads stay slower than 1.)
+    """
+    cpus = usable_cpus()
+    try:
+        busy = min(cpus - 1, max(0, int(os.getloadavg()[0] + 0.5)))
+    except OSError:
+        busy = 0
+    return max(1, (cpus - busy) // max(1, workers))
+
+
 def set_threads(threads: int | None) -> int:
     import torch
 
@@ -268,10 +292,13 @@ class InlineExecutor(Executor):
 
     kind = "inline"
 
+    def __init__(self, threads: int | None = None):
+        self.threads = threads  # None: torch's setting as it is
+
     def submit(self, cells, log_folder, on_update=None, progress=None, task=None):
         sub = Submission("inline", [c.index for c in cells], {}, str(log_folder), now(),
                          launcher={"pid": os.getpid(), "host": socket.gethostname()})
-        for cell in cells:
+        for cell in (dataclasses.replace(c, threads=c.threads or self.threads) for c in cells):
             sub.jobs[cell.index] = "inline"
             if on_update:
                 on_update(sub)
@@ -312,10 +339,10 @@ class LocalExecutor(Executor):
 
     kind = "local"
 
-    def __init__(self, workers: int | None = None, poll_s: float = 0.2):
-        cores = os.cpu_count() or 1
+    def __init__(self, workers: int | None = None, poll_s: float = 0.2, threads: int | None = None):
+        cores = usable_cpus()
         self.workers = max(1, workers or cores)
-        self.threads = max(1, cores // self.workers)
+        self.threads = threads or max(1, cores // self.workers)
         self.poll_s = poll_s
 
     def submit(self, cells, log_folder, on_update=None, progress=None, task=None):
@@ -450,7 +477,9 @@ class SlurmExecutor(Executor):
     kind = "slurm"
     blocking = False
 
-    def __init__(self, profile: ClusterProfile | None = None, parallelism: int | None = None):
+    def __init__(self, profile: ClusterProfile | None = None, parallelism: int | None = None,
+                 threads: int | None = None):
+        self.threads = threads  # None: the profile's cpus_per_task
         profile = profile or ClusterProfile()
         if parallelism:
             profile = dataclasses.replace(profile, array_parallelism=parallelism)
@@ -468,7 +497,7 @@ class SlurmExecutor(Executor):
         ex = submitit.SlurmExecutor(folder=Path(log_folder) / "%j", max_num_timeout=self.profile.max_requeues)
         name = f"shala-{Path(log_folder).parent.name}"
         ex.update_parameters(job_name=name, **self.profile.submitit_parameters())
-        cells = [dataclasses.replace(c, threads=c.threads or self.profile.cpus_per_task) for c in cells]
+        cells = [dataclasses.replace(c, threads=c.threads or self.threads or self.profile.cpus_per_task) for c in cells]
         try:
             jobs = ex.map_array(task or CellTask(), cells)  # ONE sbatch --array for the whole grid
         except Exception as e:  # sbatch's own complaint (bad partition, account, ...) in one line
@@ -521,13 +550,16 @@ def _run(cmd: list[str]) -> str | None:
     return res.stdout
 
 
-def make_executor(kind: str, workers: int | None = None, cluster: ClusterProfile | None = None) -> Executor:
+def make_executor(kind: str, workers: int | None = None, cluster: ClusterProfile | None = None,
+                  threads: int | None = None) -> Executor:
+    """`threads`: torch threads per task (--threads); None: inline, the CPUs not busy elsewhere (default_threads);
+    local, the usable CPUs // workers; slurm, the profile's cpus_per_task."""
     if kind == "inline":
-        return InlineExecutor()
+        return InlineExecutor(threads or default_threads(1))
     if kind == "local":
-        return LocalExecutor(workers)
+        return LocalExecutor(workers, threads=threads)
     if kind == "slurm":
-        return SlurmExecutor(cluster, parallelism=workers)
+        return SlurmExecutor(cluster, parallelism=workers, threads=threads)
     from shala_bench.errors import UnknownNameError, close_matches
 
     raise UnknownNameError(f"unknown executor {kind!r}" + close_matches(kind, EXECUTORS))

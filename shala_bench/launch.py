@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from shala_bench.errors import ShalaBenchError
+from shala_bench.errors import ProtocolError, ShalaBenchError
 from shala_bench.protocol import make_protocol
 from shala_bench.results import (RunRecord, git_commit, hardware, now, package_versions, run_dir, run_id,
                                  write_record)
@@ -35,6 +35,7 @@ class RunSpec:
     progress: bool = True
     cache_dir: str | None = None
     inception_weights: str | None = None  # local Inception file for FID (not part of the protocol)
+    threads: int | None = None  # torch threads; None: leave torch's setting (the CLI passes default_threads())
 
     def with_(self, **kw) -> "RunSpec":
         return dataclasses.replace(self, **kw)
@@ -64,6 +65,10 @@ def prepare(spec: RunSpec, registry=None) -> Prepared:
     from shala_bench.registry import get_registry
 
     reg = registry or get_registry()
+    if spec.seed < 0:
+        raise ProtocolError(f"--seed {spec.seed}: a training seed must be >= 0")
+    if spec.threads is not None and spec.threads < 1:
+        raise ProtocolError(f"--threads {spec.threads}: must be >= 1")
     model_entry = reg.get_model(spec.model)
     ds_entry = reg.get_dataset(spec.dataset)
     protocol = make_protocol(ds_entry, spec.profile, dict(spec.overrides))
@@ -79,10 +84,42 @@ def restarts(trainer: Trainer) -> int:
 
 
 def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
-    """Train and evaluate one cell; returns its record (also written to disk)."""
+    """Train and evaluate one cell; returns its record (also written to disk). progress.json beside it ends as
+    `done` or `failed` (with the reason)."""
+    prep = prepare(spec, registry)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        return _run_prepared(prep, spec, registry, trainer_hook)
+    except Preempted:
+        raise  # requeued: progress.json keeps the step the checkpoint has
+    except (Exception, KeyboardInterrupt) as e:
+        if prep.dir.exists():  # bad input found before anything was written leaves nothing behind
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            write_progress(prep.dir, stage="failed", reason=why)
+        raise
+
+
+def eval_progress(run_dir: Path, say: bool):
+    """on_metric for evaluate: progress.json names the metric being computed; with `say`, one line per metric
+    on stderr (the first, coherence, trains the judge classifiers when they are not cached yet)."""
+    import sys
+
+    t = {"start": time.perf_counter(), "last": None}
+
+    def on_metric(i: int, n: int, name: str) -> None:
+        write_progress(run_dir, stage="eval", metric=name, metric_index=i, metrics=n)
+        if say:
+            took = f" ({t['last']} took {time.perf_counter() - t['at']:.0f}s)" if t["last"] else ""
+            print(f"eval {i}/{n}: {name}{took}", file=sys.stderr, flush=True)
+        t["last"], t["at"] = name, time.perf_counter()
+
+    return on_metric
+
+
+def _run_prepared(prep: Prepared, spec: RunSpec, registry, trainer_hook) -> RunRecord:
     from shala_bench.evaluate import evaluate
 
-    prep = prepare(spec, registry)
     p, dev = prep.protocol, prep.device
     t0 = time.perf_counter()
     data = prep.dataset_entry.loader(p, spec.cache_dir)
@@ -104,6 +141,7 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
         record.status = f"failed: nan at step {e.step}"
         record.restarts = restarts(trainer)
         write_record(record, prep.dir)
+        write_progress(prep.dir, stage="failed", reason=record.status.removeprefix("failed: "))
         return record
     except (Preempted, ShalaBenchError, KeyboardInterrupt):
         raise
@@ -115,8 +153,17 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
     train_s = sum(state.seconds.values())
     t1 = time.perf_counter()
     write_progress(prep.dir, stage="eval")
-    metrics, eval_timings, artifacts = evaluate(model, p, data, prep.dir, spec.seed, dev, spec.cache_dir, registry,
-                                                options={"inception_weights": spec.inception_weights})
+    try:
+        metrics, eval_timings, artifacts = evaluate(model, p, data, prep.dir, spec.seed, dev, spec.cache_dir, registry,
+                                                    options={"inception_weights": spec.inception_weights},
+                                                    on_metric=eval_progress(prep.dir, spec.progress))
+    except (ShalaBenchError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        record.status = f"failed: evaluation: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        record.restarts = restarts(trainer)
+        write_record(record, prep.dir)
+        raise
     eval_s = time.perf_counter() - t1
     n_seen = {s: stage_budget(p, s)[0] * p.batch_size for s in model.stages}
     record.metrics = metrics
@@ -133,6 +180,7 @@ def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
     record.restarts = restarts(trainer)
     record.status = "ok"
     write_record(record, prep.dir)
+    write_progress(prep.dir, stage="done")
     return record
 
 
@@ -180,7 +228,7 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
     kept = trained_fields(rec.protocol)
     p = make_protocol(ds_entry, rec.profile, {**kept, **(overrides or {})})
     dev = pick_device(device)
-    ck = load_checkpoint(ck_path)
+    ck = load_checkpoint(ck_path, fix="Retrain the run with `shala-bench run` (without --resume) after deleting it.")
     if ck.get("seed") != rec.seed or not _trained_under(ck.get("protocol_hash"), src, rec):
         raise CheckpointError(f"checkpoint {ck_path} does not belong to the run recorded in {src}")
 
@@ -195,8 +243,12 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
                               "finish it with `shala-bench run --resume`")
     try:
         model.load_state_dict(ck["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {ck_path} does not fit this model: {str(e).splitlines()[0][:160]}") from None
+    except (RuntimeError, KeyError, TypeError):
+        from shala_bench.trainer import state_mismatch
+
+        raise CheckpointError(f"checkpoint {ck_path} does not fit this model: {state_mismatch(model, ck['model'])}. "
+                              "The model's code changed since it was trained: retrain it with `shala-bench run`.") \
+            from None
 
     rid = run_id(rec.seed, p.n_modalities, p.hash)
     root = Path(results) if results is not None else src.parent.parent.parent.parent

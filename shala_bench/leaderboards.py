@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shala_bench.results import RECORD, RunRecord, atomic_write_text, read_record
+from shala_bench.results import RECORD, RunRecord, atomic_write_text
 
 # Columns of a per-M table by default, in order (those present in the records); more with --metric.
 DEFAULT_METRICS = ["coherence_joint_kappa", "coherence_joint", "coherence_cond_bal_mean", "coherence_cond_mean",
@@ -812,9 +812,10 @@ def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | N
 def collect_records(results: Path, records_dir: Path) -> tuple[list[Path], list[Path]]:
     """Copy finished record.json files (ok and failed, not running) from a results folder into
     <records_dir>/<dataset>/<model>/<run_id>/record.json. Returns (copied, unchanged)."""
+    from shala_bench.results import iter_record_files
+
     copied, same = [], []
-    for path in sorted(Path(results).rglob(RECORD)):
-        rec = read_record(path)
+    for path, rec in iter_record_files(Path(results)):  # unreadable or inconsistent ones: skipped, with a warning
         if rec.status == "running":
             continue
         dest = Path(records_dir) / rec.dataset / rec.model / rec.run_id / RECORD

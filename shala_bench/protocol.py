@@ -19,12 +19,22 @@ from shala_bench.errors import ProtocolError, close_matches
 # Bump when the meaning of any field or of the evaluation changes.
 PROTOCOL_VERSION = 1
 
+# The harness's numbers version: bump it in the same commit as any code change that changes the numbers a run
+# gives under an unchanged protocol (a model's maths, a backbone, the trainer's step, a metric, the data builder),
+# and refresh the golden record with `python tests/golden/update.py` (tests/test_golden.py fails until both are
+# done). It is a field of every protocol, so it is part of the hash, the run id and of what `compare` ranks
+# together: records made by code that gave other numbers are never merged with these, and a sweep re-runs them.
+# Records without the field predate it (they mix code states; see leaderboards/records/).
+# History: 1 — first versioned numbers (issue 17).
+NUMBERS_VERSION = 1
+
 
 @dataclass(frozen=True)
 class Protocol:
     dataset: str
     profile: str
     protocol_version: int = PROTOCOL_VERSION
+    numbers_version: int = NUMBERS_VERSION
 
     # --- data
     n_modalities: int = 5
@@ -120,7 +130,7 @@ EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n
                      "sample_steps", "guidance_scale", "shala_ddim_eta")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
-_FIXED = {"dataset", "profile", "protocol_version"}
+_FIXED = {"dataset", "profile", "protocol_version", "numbers_version"}
 
 
 def trained_fields(recorded: dict) -> dict:
@@ -179,23 +189,55 @@ def make_protocol(dataset_entry, profile: str, overrides: dict | None = None) ->
     return proto
 
 
+# The accepted values of every field (the fixed identity aside): (check, what is accepted). Counts are > 0
+# where zero would mean "nothing" (no steps, no samples); evaluation counts that may be 0 switch their
+# metric off, and the record then says `<metric>_unavailable` with why.
+def _gt(lo):
+    return (lambda v: v > lo), f"> {lo}"
+
+
+def _ge(lo):
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _unit(closed: bool):
+    return ((lambda v: 0.0 <= v <= 1.0), "in [0, 1]") if closed else ((lambda v: 0.0 <= v < 1.0), "in [0, 1)")
+
+
+def _one_of(*choices):
+    return (lambda v: v in choices), "one of " + ", ".join(map(str, choices))
+
+
+RANGES: dict[str, tuple] = {
+    # data
+    "n_modalities": _gt(0), "data_seed": _ge(0), "n_train": _gt(0), "n_val": _ge(0), "n_test": _gt(0),
+    "ntu_frames": _gt(0), "ntu_split": _one_of("xsub", "xset"), "ucf_frames": _gt(0), "ucf_split": _one_of(1, 2, 3),
+    # shared training recipe
+    "latent_dim": _gt(0), "batch_size": _gt(0), "steps": _gt(0), "lr": _gt(0), "beta": _ge(0),
+    "likelihood_scale": _gt(0), "grad_clip": _ge(0), "checkpoint_every": _gt(0), "log_every": _gt(0),
+    # model-specific
+    "mvae_subsets": _ge(0), "iwae_k": _gt(0), "w_dim": _gt(0), "shala_embed_dim": _gt(0),
+    "shala_modality_dropout": _unit(False), "prior_steps": _gt(0), "prior_lr": _gt(0), "diffusion_T": _gt(0),
+    "sample_steps": _gt(0), "guidance_scale": _ge(0), "cond_dropout": _unit(False), "shala_denoiser_width": _gt(0),
+    "shala_denoiser_depth": _gt(0), "shala_ddim_eta": _unit(True),
+    # evaluation (fid_n, fd_n, probe_n = 0: that metric off, recorded as unavailable)
+    "classifier_epochs": _gt(0), "classifier_batch": _gt(0), "eval_n": _gt(0), "joint_n": _gt(0),
+    "max_subsets_per_k": _gt(0), "fid_n": _ge(0), "fd_n": _ge(0), "frechet_cond_subsets": _ge(0), "probe_n": _ge(0),
+    # numerics
+    "bf16": _one_of(False, True), "compile": _one_of(False, True),
+}
+
+
 def validate(p: Protocol, dataset_entry=None) -> None:
-    positive = ["n_modalities", "n_train", "n_test", "latent_dim", "batch_size", "steps", "checkpoint_every",
-                "log_every", "iwae_k", "diffusion_T", "sample_steps", "eval_n", "joint_n", "classifier_epochs"]
-    for k in positive:
-        if getattr(p, k) <= 0:
-            raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
-    for k in ("lr", "likelihood_scale"):
-        if not getattr(p, k) > 0:
-            raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
-    for k in ("shala_modality_dropout", "cond_dropout"):
-        if not 0.0 <= getattr(p, k) < 1.0:
-            raise ProtocolError(f"{k} must be in [0, 1), got {getattr(p, k)}")
-    for k in ("shala_embed_dim", "shala_denoiser_width", "shala_denoiser_depth"):  # ShaLa's network sizes
-        if getattr(p, k) <= 0:
-            raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
-    if not 0.0 <= p.shala_ddim_eta <= 1.0:
-        raise ProtocolError(f"shala_ddim_eta must be in [0, 1], got {p.shala_ddim_eta}")
+    """Every field within its range (RANGES), then what depends on the dataset; ProtocolError otherwise."""
+    for k, (ok, accepted) in RANGES.items():
+        v = getattr(p, k)
+        if isinstance(v, float) and v != v:
+            raise ProtocolError(f"{k} must be {accepted}, got nan")
+        if not ok(v):
+            raise ProtocolError(f"{k} must be {accepted}, got {v!r}")
+    if p.sample_steps > p.diffusion_T:
+        raise ProtocolError(f"sample_steps={p.sample_steps} must be <= diffusion_T={p.diffusion_T}")
     lo, hi = getattr(dataset_entry, "modality_range", (1, 10**6))
     if not lo <= p.n_modalities <= hi:
         raise ProtocolError(f"n_modalities={p.n_modalities} not supported by {p.dataset}: use {lo}..{hi}")

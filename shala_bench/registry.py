@@ -36,6 +36,8 @@ class DatasetEntry:
     # Conditional coherence of a model that ignores its input (1/C for C classes), for leaderboards that
     # read records written before evaluation recorded it; None: multi-label or unknown.
     coherence_chance: float | None = None
+    # Where its official files come from (shala_bench.data.sources.DatasetSource): `shala-bench data sources`.
+    source: Any = None
 
 
 DIRECTIONS = ("higher", "lower", None)  # None: recorded, not ranked (a count, a chance level, a name)

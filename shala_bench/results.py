@@ -83,16 +83,64 @@ def write_record(record: RunRecord, folder: Path) -> Path:
 
 def read_record(path: Path) -> RunRecord:
     try:
-        return RunRecord.from_dict(json.loads(Path(path).read_text()))
+        d = json.loads(Path(path).read_text())
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+        return RunRecord.from_dict(d)
     except (OSError, ValueError, TypeError) as e:
         raise RecordError(f"cannot read run record {path}: {e}") from None
 
 
-def load_records(results: Path) -> list[RunRecord]:
+def protocol_digest(protocol: dict) -> str:
+    """sha256 of a recorded protocol's canonical JSON: what its `protocol_hash` must be (as Protocol.hash)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(protocol, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def inconsistency(rec: RunRecord) -> str | None:
+    """Why a record cannot be trusted as what it says it is, or None: its stored hash must be the hash of its
+    stored protocol (an edited protocol, e.g. another protocol_version, would otherwise be merged as the old)."""
+    if not isinstance(rec.protocol, dict) or not isinstance(rec.protocol_hash, str):
+        return "its protocol or protocol_hash is missing"
+    if not isinstance(rec.metrics, dict):
+        return "its metrics are not a mapping"
+    digest = protocol_digest(rec.protocol)
+    if digest != rec.protocol_hash:
+        return (f"its protocol_hash {rec.protocol_hash[:12]} is not the hash of its protocol ({digest[:12]}): "
+                "the record was edited or is corrupt")
+    return None
+
+
+def _warn(line: str) -> None:
+    import sys
+
+    print(f"shala-bench: warning: {line}", file=sys.stderr, flush=True)
+
+
+def iter_record_files(results: Path, on_skip=_warn):
+    """(path, record) for each readable, consistent record.json under `results`, sorted by path; every other
+    one is skipped with one line to `on_skip` naming it and why (never fatal, never merged)."""
+    for path in sorted(Path(results).rglob(RECORD)):
+        try:
+            rec = read_record(path)
+        except RecordError as e:
+            on_skip(f"skipped {path}: {str(e).removeprefix(f'cannot read run record {path}: ')}")
+            continue
+        why = inconsistency(rec)
+        if why:
+            on_skip(f"skipped {path}: {why}")
+            continue
+        yield path, rec
+
+
+def load_records(results: Path, on_skip=_warn) -> list[RunRecord]:
+    """Every readable, consistent record under `results`; unreadable or inconsistent ones are skipped with a
+    warning each (see iter_record_files)."""
     results = Path(results)
     if not results.exists():
         raise RecordError(f"results folder {results} does not exist (run `shala-bench run` first, or pass --results)")
-    return [read_record(p) for p in sorted(results.rglob(RECORD))]
+    return [rec for _, rec in iter_record_files(results, on_skip)]
 
 
 # ---------------------------------------------------------------- provenance
@@ -127,7 +175,12 @@ def hardware(device) -> dict:
     import torch
 
     hw = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "device": str(device)}
+          "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "device": str(device)}
+    try:
+        hw["usable_cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
     if str(device).startswith("cuda") and torch.cuda.is_available():
         hw["gpu"] = torch.cuda.get_device_name(torch.device(device))
     for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_PARTITION"):

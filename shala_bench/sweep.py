@@ -344,7 +344,9 @@ def progress_detail(run_dir: Path) -> str:
     try:
         d = json.loads((Path(run_dir) / PROGRESS).read_text())
         if d.get("stage") == "eval":
-            return "evaluating"
+            return f"evaluating {d['metric']} ({d['metric_index']}/{d['metrics']})" if "metric" in d else "evaluating"
+        if d.get("stage") in ("done", "failed"):
+            return d["stage"] + (f": {d['reason']}" if d.get("reason") else "")
         step, steps, rate = int(d["step"]), int(d["steps"]), d.get("steps_per_s")
         text = f"{d['stage']} {step}/{steps}"
         if int(d.get("stages", 1)) > 1:

@@ -77,11 +77,48 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
+RESTART_HINT = "Delete it and rerun without --resume to train the run from the start."
+
+
+def load_checkpoint(path: Path, map_location="cpu", fix: str = RESTART_HINT) -> dict:
+    """The checkpoint at `path`, loaded weights-only; CheckpointError (whole sentences, with `fix`) when it cannot
+    be read. torch's own message is not repeated: for a corrupt file it advises loosening weights-only loading,
+    which is never the fix here."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # any unreadable file is the user's to fix, not a traceback
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): the file is truncated, corrupt or "
+                              f"not a shala-bench checkpoint. {fix}") from None
+    if not isinstance(ck, dict) or not {"model", "state", "seed", "protocol_hash"} <= set(ck):
+        raise CheckpointError(f"cannot read checkpoint {path}: it is not a shala-bench checkpoint (no model, state, "
+                              f"seed and protocol hash in it). {fix}")
+    return ck
+
+
+def state_mismatch(model: torch.nn.Module, weights: dict) -> str:
+    """Why `weights` do not fit `model`, in a few words: counts of missing, unexpected and reshaped tensors."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    reshaped = sorted(k for k in set(own) & set(weights) if tuple(own[k].shape) != tuple(getattr(weights[k], "shape", ())))
+    parts = [f"{len(v)} {what} (first: {v[0]})" for v, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                                                 (reshaped, "of another shape")) if v]
+    return "its tensors do not match: " + ", ".join(parts) if parts else "its tensors do not match"
+
+
+def set_aside_corrupt(path: Path) -> Path | None:
+    """A checkpoint that cannot be read, found where a new run will write its own: moved to <name>.corrupt
+    (never silently replaced), with one warning line. Returns where it went, or None when it was readable."""
+    import sys
+
+    try:
+        load_checkpoint(path)
+        return None
+    except CheckpointError:
+        dest = path.with_name(path.name + ".corrupt")
+        os.replace(path, dest)
+        print(f"shala-bench: warning: checkpoint {path} cannot be read; moved it to {dest.name} and training from "
+              "the start (pass --resume to continue from a readable checkpoint)", file=sys.stderr, flush=True)
+        return dest
 
 
 class BatchStream:
@@ -142,11 +179,13 @@ class Trainer:
             return False
         ck = load_checkpoint(path)
         if ck.get("protocol_hash") != self.protocol.hash or ck.get("seed") != self.seed:
-            raise CheckpointError(f"checkpoint {path} belongs to another protocol or seed; use a new results folder")
+            raise CheckpointError(f"checkpoint {path} was written by another protocol or seed than this run's. "
+                                  "Use a new results folder, or delete it and rerun without --resume.")
         try:
             self.model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {path} does not fit this model: {str(e).splitlines()[0][:160]}") from None
+        except (RuntimeError, KeyError, TypeError):
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {state_mismatch(self.model, ck['model'])}. "
+                                  f"{RESTART_HINT}") from None
         s = ck["state"]
         self.state = TrainState(list(s["completed"]), s["stage"], int(s["step"]), dict(s["seconds"]),
                                 int(s["restarts"]) + 1)
@@ -162,6 +201,8 @@ class Trainer:
         self._pending_optimizer = None
         if resume:
             self.restore()
+        elif self.checkpoint_path.exists():
+            set_aside_corrupt(self.checkpoint_path)
         self.model.to(self.device)
         for i, stage in enumerate(self.model.stages):
             if stage in self.state.completed:

@@ -101,8 +101,8 @@ def test_env_variable_names_the_weights_file(empty_hub, tmp_path, monkeypatch):
     assert fid.find_inception_weights() == (f, None)
 
 
-def test_fid_off_when_fid_n_is_zero(smoke_ctx, empty_hub):
-    assert fid.inception_fid(smoke_ctx(fid_n=0)) == {}
+def test_fid_off_when_fid_n_is_zero_says_so(smoke_ctx, empty_hub):
+    assert fid.inception_fid(smoke_ctx(fid_n=0)) == {"fid_unavailable": "fid_n = 0 in this protocol: Inception FID is off"}
 
 
 def test_no_download_refuses_every_url_loader_and_restores_them():

@@ -51,7 +51,7 @@ def test_a_run_reports_its_stage_and_step_while_it_trains_then_that_it_evaluates
     assert after["steps_per_s"] > 0 and math.isfinite(after["loss"])
     assert seen["detail"].startswith("vae 6/6, ") and "steps/s" in seen["detail"]
     run = tmp_path / "polymnist-synth" / "mvae" / rec.run_id
-    assert progress_detail(run) == "evaluating"  # written before evaluation; the record says the rest
+    assert progress_detail(run) == "done"  # "evaluating <metric> (i/n)" during evaluation, then done
     assert progress_detail(tmp_path / "nowhere") == ""
 
 

@@ -42,16 +42,59 @@ def _print_info(info: dict) -> None:
 
 
 def cmd_prepare(args) -> int:
+    from pathlib import Path
+
+    from shala_bench.data.sources import verify
     from shala_bench.errors import DataError
 
     entry, protocol = _protocol(args)
     if entry.prepare is None:
         raise DataError(f"dataset {entry.name} is not built from local files and needs no preparing; "
                         f"`shala-bench run --dataset {entry.name}` builds its cache itself")
-    info = entry.prepare(args.root, protocol, None, not args.no_progress)
+    checked = verify(entry.name, entry.source, Path(args.root)) if Path(args.root).is_dir() else []
+    try:
+        info = entry.prepare(args.root, protocol, None, not args.no_progress)
+    except DataError as e:
+        raise DataError(f"{e} (what to download and how to lay it out: `shala-bench data prepare {entry.name} "
+                        "--help`)") from None
     print(f"{'converted' if info.get('built') else 'already prepared (cache reused)'}: {entry.name}")
+    for line in checked:
+        print(f"verified {line}")
     _print_info(info)
     return 0
+
+
+def cmd_sources(args) -> int:
+    from shala_bench.data.sources import describe
+    from shala_bench.registry import get_registry
+
+    reg = get_registry()
+    names = [args.name] if args.name else list(reg.datasets)
+    blocks = [describe(n, reg.get_dataset(n).source) for n in names]
+    print("\n\n".join(blocks))
+    return 0
+
+
+class _DatasetHelp(argparse.Action):
+    """-h/--help of `data prepare`: the generic usage, then where NAME's files come from (when NAME was given)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from shala_bench.data.sources import describe
+        from shala_bench.registry import get_registry
+
+        parser.print_help()
+        name = getattr(namespace, "name", None)
+        reg = get_registry()
+        print()
+        if name in reg.datasets:
+            print("where to get it:\n" + describe(name, reg.get_dataset(name).source))
+        else:
+            print("datasets: " + ", ".join(reg.datasets) + "; `shala-bench data prepare NAME --help` says where "
+                  "NAME's files come from (or `shala-bench data sources`)")
+        parser.exit()
 
 
 def cmd_info(args) -> int:
@@ -83,7 +126,11 @@ def add_parser(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     prep = dsub.add_parser("prepare", help="convert NAME from the files under --root into the cache (with a progress bar)",
                            description="Convert dataset NAME from its official files under --root. Preparing the "
-                                       "same files again reuses the cache; a changed source or converter rebuilds it.")
+                                       "same files again reuses the cache; a changed source or converter rebuilds it. "
+                                       "Checks the layout first, and the source's published checksums where it "
+                                       "ships a list. `data prepare NAME --help` says where NAME comes from.",
+                           add_help=False)
+    prep.add_argument("-h", "--help", action=_DatasetHelp, help="show this help and where NAME's files come from")
     _common(prep)
     prep.add_argument("--root", required=True, help="folder holding the dataset's official files")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -93,3 +140,9 @@ def add_parser(sub) -> None:
                                        "sizes, the cache folder and the source it was built from.")
     _common(info)
     info.set_defaults(func=cmd_info)
+    src = dsub.add_parser("sources", help="where each dataset comes from: URL, files, layout, licence, size, checksums",
+                          description="Per dataset: where to obtain it, the exact files and the folder layout "
+                                      "--root must have, licence and access (MIMIC-CXR: PhysioNet credentials), "
+                                      "size, and the checksums the source publishes.")
+    src.add_argument("name", nargs="?", help="only this dataset")
+    src.set_defaults(func=cmd_sources)

@@ -20,8 +20,14 @@ training record is kept as record.previous.json and the new record replaces reco
 
 
 def cmd_eval(args) -> int:
+    import torch
+
+    from shala_bench.commands.run import judge_warning, threads_arg
+    from shala_bench.executors import default_threads
     from shala_bench.launch import evaluate_checkpoint
     from shala_bench.protocol import parse_overrides
+
+    torch.set_num_threads(threads_arg(args) or default_threads(1))
 
     rec, path = evaluate_checkpoint(Path(args.run), parse_overrides(args.overrides),
                                     Path(args.results) if args.results else None, args.device, None,
@@ -31,7 +37,7 @@ def cmd_eval(args) -> int:
             if isinstance(m.get(k), (int, float))]
     summary = ", ".join(f"{k}={m[k]:.3f}" for k in keys)
     print(f"{rec.model} on {rec.dataset} (seed {rec.seed}, M={rec.n_modalities}, protocol {rec.protocol_hash[:12]}): "
-          f"{summary}; eval {rec.timings.get('eval_s', 0):.0f}s")
+          f"{summary}; eval {rec.timings.get('eval_s', 0):.0f}s" + judge_warning(m))
     print(f"record: {path}")
     return 0
 
@@ -52,4 +58,7 @@ def add_parser(sub) -> None:
     p.add_argument("--inception-weights", metavar="PATH", default=None,
                    help="local Inception weights for FID (weights-inception-2015-12-05-6726825d.pth, sha256-checked; "
                         "default: $SHALA_BENCH_INCEPTION_WEIGHTS or torch hub's checkpoints folder); never downloaded")
+    from shala_bench.commands.run import add_threads_arg
+
+    add_threads_arg(p, "the usable CPUs (os.sched_getaffinity) that other processes are not busy on")
     p.set_defaults(func=cmd_eval)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 def cmd_leaderboard(args) -> int:
+    from shala_bench.commands.compare import guard_published
     from shala_bench.errors import RecordError, UnknownNameError, close_matches
     from shala_bench.leaderboards import collect_records, write_leaderboards
     from shala_bench.results import load_records
@@ -19,6 +20,8 @@ def cmd_leaderboard(args) -> int:
     if not records_dir.is_dir():
         raise RecordError(f"records folder {records_dir} does not exist: copy records into it with "
                           "`shala-bench leaderboard --collect RESULTS`, or pass --results")
+    if not args.collect:  # --collect copies records into --results first: then they are its own
+        guard_published(Path(args.out), records_dir, "leaderboard")
     records = load_records(records_dir)
     datasets = {r.dataset for r in records}
     if args.dataset and args.dataset not in datasets:
@@ -37,7 +40,10 @@ def add_parser(sub) -> None:
                        description="Regenerate <out>/README.md (an index of datasets and protocol families) and "
                                    "<out>/<dataset>.md (modality-scaling curves as PNG plots and tables, one "
                                    "leaderboard per M) from the run records under --results only. Deterministic: "
-                                   "running it twice on the same records gives byte-identical files.")
+                                   "running it twice on the same records gives byte-identical files. Pages already "
+                                   "published in --out are built from <out>/records only: records from elsewhere are "
+                                   "refused unless --collect copies them there first. An unreadable or inconsistent "
+                                   "record is skipped with a warning.")
     p.add_argument("--results", default="leaderboards/records",
                    help="records folder, <dataset>/<model>/<run_id>/record.json (default: %(default)s)")
     p.add_argument("--out", default="leaderboards", help="where to write the pages (default: %(default)s)")

@@ -7,6 +7,21 @@ import sys
 from pathlib import Path
 
 
+def threads_arg(args) -> int | None:
+    """--threads as given (checked: >= 1), or None."""
+    from shala_bench.errors import ProtocolError
+
+    if args.threads is not None and args.threads < 1:
+        raise ProtocolError(f"--threads {args.threads}: must be >= 1")
+    return args.threads
+
+
+def add_threads_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help=f"torch CPU threads (recorded in the record's hardware.torch_threads; on a CPU the thread count "
+                        f"changes the numbers slightly, as a seed does) (default: {default})")
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered model name (see `shala-bench list models`)")
     p.add_argument("--dataset", default="polymnist-synth", help="registered dataset (default: %(default)s)")
@@ -20,19 +35,22 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if it has one")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_arg(p, "the usable CPUs (os.sched_getaffinity) that other processes are not busy on")
     p.add_argument("--inception-weights", metavar="PATH", default=None,
                    help="local Inception weights for FID (weights-inception-2015-12-05-6726825d.pth, sha256-checked; "
                         "default: $SHALA_BENCH_INCEPTION_WEIGHTS or torch hub's checkpoints folder); never downloaded")
 
 
 def cmd_run(args) -> int:
+    from shala_bench.executors import default_threads
     from shala_bench.launch import RunSpec, run_one
     from shala_bench.protocol import parse_overrides
 
     spec = RunSpec(model=args.model, dataset=args.dataset, profile=args.profile, seed=args.seed,
                    overrides=tuple(parse_overrides(args.overrides).items()), results=args.results,
                    resume=args.resume, device=args.device, progress=not args.no_progress,
-                   inception_weights=args.inception_weights)
+                   inception_weights=args.inception_weights,
+                   threads=threads_arg(args) or (default_threads(1) if args.executor == "inline" else None))
     if args.executor != "inline":
         return run_elsewhere(args, spec)
     rec = run_one(spec)
@@ -44,9 +62,24 @@ def cmd_run(args) -> int:
     keys = [k for k in ("coherence_joint", "coherence_cond_mean", "classifier_acc_min") if k in m]
     summary = ", ".join(f"{k}={m[k]:.3f}" for k in keys)
     print(f"{rec.model} on {rec.dataset} (seed {rec.seed}, M={rec.n_modalities}, protocol {rec.protocol_hash[:12]}): "
-          f"{summary}; train {rec.timings.get('train_s', 0):.0f}s, eval {rec.timings.get('eval_s', 0):.0f}s")
+          f"{summary}; train {rec.timings.get('train_s', 0):.0f}s, eval {rec.timings.get('eval_s', 0):.0f}s, "
+          f"{rec.hardware.get('torch_threads', '?')} thread(s)" + judge_warning(m))
     print(f"record: {path}")
     return 0
+
+
+# Below this test accuracy a judge classifier cannot tell generated digits apart, so coherences mean nothing
+# (the smoke profile trains them for one epoch: ~chance, and coherence_joint can read 1.000 — all agree on one class).
+USABLE_CLASSIFIER_ACC = 0.8
+
+
+def judge_warning(metrics: dict) -> str:
+    """'' or a warning clause for a summary line whose coherences are judged by classifiers near chance."""
+    acc = metrics.get("classifier_acc_min")
+    if not isinstance(acc, (int, float)) or acc >= USABLE_CLASSIFIER_ACC:
+        return ""
+    return (f" — WARNING: judge classifiers below usable accuracy (min {acc:.2f} < {USABLE_CLASSIFIER_ACC}): "
+            "coherences are not meaningful under this profile")
 
 def run_elsewhere(args, spec) -> int:
     """--executor local|slurm: the run as a one-cell sweep, so `status` and `cancel` work on it too."""
@@ -58,7 +91,7 @@ def run_elsewhere(args, spec) -> int:
     grid = sw.Grid(models=(spec.model,), dataset=spec.dataset, seeds=(spec.seed,), profile=spec.profile,
                    overrides=spec.overrides, device=spec.device, resume=spec.resume,
                    inception_weights=spec.inception_weights)
-    ex = make_executor(args.executor, 1, load_profile(args.cluster) if args.executor == "slurm" else None)
+    ex = make_executor(args.executor, 1, load_profile(args.cluster) if args.executor == "slurm" else None, threads_arg(args))
     m = sw.create_sweep(grid, args.results, sw.new_sweep_name(args.results, prefix=f"run-{spec.model}"))
     print(f"run {m.name}: {spec.model} seed {spec.seed} with --executor {ex.kind}; manifest {m.path}", flush=True)
     sub = sw.launch(m, ex, [0])

@@ -26,7 +26,9 @@ def _executor(args, manifest=None):
             profile = ClusterProfile.from_dict(last.cluster)
         else:
             profile = load_profile(None)
-    return make_executor(kind, args.workers, profile)
+    from shala_bench.commands.run import threads_arg
+
+    return make_executor(kind, args.workers, profile, threads_arg(args))
 
 
 def print_submitted(m, sub, results: str) -> None:
@@ -65,8 +67,10 @@ def finish(m, sub, args) -> int:
 def cmd_sweep(args) -> int:
     from shala_bench import sweep as sw
     from shala_bench.executors import SlurmExecutor
+    from shala_bench.commands.run import threads_arg
     from shala_bench.protocol import parse_overrides
 
+    threads_arg(args)  # a bad --threads is refused before the sweep's folder is made
     if args.resume:
         if args.models:
             raise sw.SweepError("--resume SWEEP takes the grid from the sweep's manifest; drop --models")
@@ -137,6 +141,10 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int,
                    help="local: tasks at once (default: the number of cores; each gets cores // workers torch "
                         "threads); slurm: array tasks at once (default: the profile's array_parallelism)")
+    from shala_bench.commands.run import add_threads_arg
+
+    add_threads_arg(p, "local: the usable CPUs (os.sched_getaffinity) // workers; slurm: the profile's "
+                       "cpus_per_task; inline: the CPUs other processes are not busy on")
     p.add_argument("--name", help="sweep name (default: sweep-<UTC date-time>)")
     p.add_argument("--resume", metavar="SWEEP", help="resubmit only the cells of SWEEP without an ok record")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the array to finish and print its status")

@@ -35,6 +35,7 @@ from shala_bench.data.prepare import LocalDataset
 from shala_bench.data.spec import DatasetSpec, ModalitySpec, Split
 from shala_bench.data.text import SidecarInCache, Vocabulary
 from shala_bench.errors import DataError
+from shala_bench.data.sources import DatasetSource
 from shala_bench.hookspecs import hookimpl
 from shala_bench.protocol import Protocol
 from shala_bench.registry import DatasetEntry
@@ -218,9 +219,26 @@ PROFILES = {
 }
 
 
+SOURCE = DatasetSource(
+    title="CUB-200-2011 (Wah et al., 2011) with the captions of Reed et al. (CVPR 2016)",
+    obtain="images: Caltech, https://www.vision.caltech.edu/datasets/cub_200_2011/ (open download); captions: "
+           "the cvpr2016_cub data linked from https://github.com/reedscot/cvpr2016 (its text_c10 folder)",
+    files=("CUB_200_2011.tgz", "cvpr2016_cub.tar.gz (only text_c10/ is read)"),
+    layout="""<root>/CUB_200_2011/images.txt, image_class_labels.txt, train_test_split.txt, classes.txt,
+    images/<class>/<file>.jpg, bounding_boxes.txt
+<root>/text_c10/<class>/<file>.txt   (or cvpr2016_cub/text_c10/, CUB_200_2011/text_c10/)""",
+    licence="images collected from Flickr, for non-commercial research and educational use (see the Caltech "
+            "page); captions as released by Reed et al.",
+    size="11,788 images of 200 species (CUB_200_2011.tgz about 1.1 GB), 10 captions per image",
+    checksums="none published by the source; `data prepare` checks the layout and that every image has its "
+              "captions",
+    required=("CUB_200_2011/images.txt", "CUB_200_2011/images"),
+)
+
+
 @hookimpl
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "CUB-200-2011 birds: 64x64 image + one of Reed et al.'s 10 captions "
                                              "per sample, 200 classes; needs `shala-bench data prepare cub --root PATH`",
                          PROFILES, (2, 2), prepare=DATASET.prepare, info=DATASET.info,
-                         coherence_chance=1 / 200)]
+                         coherence_chance=1 / 200, source=SOURCE)]

@@ -42,6 +42,7 @@ from shala_bench.data.prepare import LocalDataset
 from shala_bench.data.spec import DatasetSpec, ModalitySpec, Split
 from shala_bench.data.text import SidecarInCache, Vocabulary
 from shala_bench.errors import DataError
+from shala_bench.data.sources import DatasetSource
 from shala_bench.hookspecs import hookimpl
 from shala_bench.protocol import Protocol
 from shala_bench.registry import DatasetEntry
@@ -256,9 +257,33 @@ PROFILES = {
 }
 
 
+SOURCE = DatasetSource(
+    title="MIMIC-CXR-JPG 2.0.0 with the MIMIC-CXR 2.0.0 reports (Johnson et al., 2019)",
+    obtain="PhysioNet, CREDENTIALED access: create a PhysioNet account, complete the required CITI training "
+           "(Data or Specimens Only Research), get credentialed, sign the data use agreement of both projects, "
+           "then download https://physionet.org/content/mimic-cxr-jpg/2.0.0/ (images, CSVs) and the reports "
+           "(mimic-cxr-reports.zip) from https://physionet.org/content/mimic-cxr/2.0.0/. Never downloaded here",
+    files=("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz",
+           "files/ (the JPG images)", "mimic-cxr-reports.zip (unpack into the same root: files/pXX/pN/sN.txt)",
+           "SHA256SUMS.txt (the project's checksum list)"),
+    layout="""<root>/mimic-cxr-2.0.0-{metadata,split,chexpert}.csv[.gz]
+<root>/files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg
+<root>/files/pXX/pNNNNNNNN/sNNNNNNNN.txt   (the reports)
+<root>/SHA256SUMS.txt""",
+    licence="PhysioNet Credentialed Health Data License 1.5.0 and its data use agreement: no sharing of the data, "
+            "no attempt to re-identify; results may be published",
+    size="377,110 JPG images of 227,835 studies, about 570 GB (MIMIC-CXR-JPG); the reports zip is small",
+    checksums="PhysioNet publishes SHA256SUMS.txt per project version; `data prepare` verifies the CSV files "
+              "against it when it is in --root (hashing 570 GB of images is left to `sha256sum -c`)",
+    required=("mimic-cxr-2.0.0-metadata.csv*", "mimic-cxr-2.0.0-split.csv*", "files"),
+    checksum_list="SHA256SUMS.txt",
+    checksum_globs=("*.csv.gz", "*.csv"),
+)
+
+
 @hookimpl
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "MIMIC-CXR-JPG studies: frontal + lateral 64x64 X-ray + report text, "
                                              "14 CheXpert findings (multi-label); needs "
                                              "`shala-bench data prepare mimic-cxr --root PATH`",
-                         PROFILES, (2, 3), prepare=DATASET.prepare, info=DATASET.info)]
+                         PROFILES, (2, 3), prepare=DATASET.prepare, info=DATASET.info, source=SOURCE)]

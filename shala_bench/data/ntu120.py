@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from shala_bench.data.prepare import LocalDataset
 from shala_bench.data.spec import DatasetSpec, ModalitySpec, Split
 from shala_bench.errors import DataError, ProtocolError
+from shala_bench.data.sources import DatasetSource
 from shala_bench.hookspecs import hookimpl
 from shala_bench.registry import DatasetEntry
 
@@ -271,9 +272,28 @@ PROFILES = {
 }
 
 
+SOURCE = DatasetSource(
+    title="NTU RGB+D 120 (Liu et al., TPAMI 2019), 3D skeletons",
+    obtain="ROSE Lab, Nanyang Technological University: https://rose1.ntu.edu.sg/dataset/actionRecognition/ — "
+           "register, accept the release agreement and request access; the list of samples with missing skeletons "
+           "is in https://github.com/shahroudy/NTURGB-D",
+    files=("nturgbd_skeletons_s001_to_s017.zip (the NTU RGB+D 60 part)",
+           "nturgbd_skeletons_s018_to_s032.zip (the 120 extension)",
+           "NTU_RGBD120_samples_with_missing_skeletons.txt (optional, recommended)"),
+    layout="""<root>/**/SsssCcccPpppRrrrAaaa.skeleton   (unpack both zips anywhere under root)
+<root>/**/NTU_RGBD120_samples_with_missing_skeletons.txt""",
+    licence="research and non-commercial use under the ROSE Lab release agreement; access on request (not an "
+            "open download); cite Shahroudy et al. 2016 and Liu et al. 2019",
+    size="114,480 skeleton files (56,880 + 57,600), about 10 GB of zips (the two skeleton archives)",
+    checksums="none published by the source; `data prepare` checks that .skeleton files are present and reports "
+              "every malformed file by name and line",
+    required=("**/*.skeleton",),
+)
+
+
 @hookimpl
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "NTU RGB+D 120 skeletons: the 3 camera views of a performance, 120 "
                                              "actions; needs `shala-bench data prepare ntu120 --root PATH`",
                          PROFILES, (2, len(VIEWS)), prepare=DATASET.prepare, info=DATASET.info,
-                         coherence_chance=1 / N_CLASSES)]
+                         coherence_chance=1 / N_CLASSES, source=SOURCE)]

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from shala_bench.data.prepare import LocalDataset
 from shala_bench.data.spec import DatasetSpec, ModalitySpec, Split
 from shala_bench.errors import DataError
+from shala_bench.data.sources import DatasetSource
 from shala_bench.hookspecs import hookimpl
 from shala_bench.registry import DatasetEntry
 
@@ -145,9 +146,25 @@ PROFILES = {
 }
 
 
+SOURCE = DatasetSource(
+    title="PolyMNIST (Sutter, Daunhawer & Vogt, ICLR 2021, the MoPoE paper)",
+    obtain="the PolyMNIST archive linked from the README of the authors' MoPoE repository, "
+           "https://github.com/thomassutter/MoPoE (a Zenodo download, no registration); or generate it with that "
+           "repository's script (MMNISTDataset._create_mmnist_dataset) from MNIST and its five background images",
+    files=("PolyMNIST.zip (unpack it; it holds train/ and test/)",),
+    layout="""<root>/train/m0 .. m4/{index}.{label}.png
+<root>/test/m0 .. m4/{index}.{label}.png""",
+    licence="as stated on the release page and the MoPoE repository; MNIST is by LeCun, Cortes & Burges. Open "
+            "download",
+    size="60,000 train and 10,000 test tuples of five 28x28 RGB PNGs (350,000 small files)",
+    checksums="none published by the source; `data prepare` checks the layout and that every tuple is complete",
+    required=("train/m0/*.png", "test/m0/*.png"),
+)
+
+
 @hookimpl
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "PolyMNIST (official PNG release, 5 modalities, 10 digits); "
                                              "needs `shala-bench data prepare polymnist --root PATH`",
                          PROFILES, (2, N_MODALITIES), prepare=DATASET.prepare, info=DATASET.info,
-                         coherence_chance=1 / 10)]
+                         coherence_chance=1 / 10, source=SOURCE)]

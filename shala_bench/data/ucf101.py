@@ -37,6 +37,7 @@ from shala_bench.data.prepare import LocalDataset
 from shala_bench.data.spec import DatasetSpec, LoadedDataset, ModalitySpec, Split
 from shala_bench.data.text import SidecarInCache
 from shala_bench.errors import DataError, ProtocolError
+from shala_bench.data.sources import DatasetSource
 from shala_bench.hookspecs import hookimpl
 from shala_bench.protocol import Protocol
 from shala_bench.registry import DatasetEntry
@@ -255,9 +256,25 @@ PROFILES = {
 }
 
 
+SOURCE = DatasetSource(
+    title="UCF101 (Soomro, Zamir & Shah, 2012), action videos",
+    obtain="CRCV, University of Central Florida: https://www.crcv.ucf.edu/data/UCF101.php (open download, no "
+           "registration): the videos and the action-recognition train/test lists",
+    files=("UCF101.rar (unpack with unrar or 7z; gives UCF-101/)",
+           "UCF101TrainTestSplits-RecognitionTask.zip (gives ucfTrainTestlist/)"),
+    layout="""<root>/UCF-101/<Class>/v_<Class>_gXX_cYY.avi
+<root>/ucfTrainTestlist/classInd.txt, trainlist01..03.txt, testlist01..03.txt""",
+    licence="no licence stated by the source beyond research use; cite Soomro et al. 2012. The clips come from "
+            "YouTube",
+    size="13,320 clips of 101 actions, about 6.5 GB (UCF101.rar)",
+    checksums="none published by the source; `data prepare` checks the layout and names any video it cannot decode",
+    required=("UCF-101/*/*.avi", "ucfTrainTestlist/classInd.txt"),
+)
+
+
 @hookimpl
 def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "UCF101 action videos: 64x64 RGB clip + RGB-difference motion, 101 "
                                              "classes; needs `shala-bench data prepare ucf101 --root PATH`",
                          PROFILES, (2, 2), prepare=DATASET.prepare, info=DATASET.info,
-                         coherence_chance=1 / 101)]
+                         coherence_chance=1 / 101, source=SOURCE)]

@@ -203,7 +203,7 @@ _warned: set[str] = set()
 
 def inception_fid(ctx) -> dict:
     if ctx.protocol.fid_n <= 0:
-        return {}
+        return {"fid_unavailable": "fid_n = 0 in this protocol: Inception FID is off"}
     path, why = find_inception_weights(ctx.options.get("inception_weights"))
     if path is None:
         if why not in _warned:  # once per process, not once per run of a sweep

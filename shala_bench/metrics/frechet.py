@@ -183,7 +183,7 @@ def classifier_space(ctx) -> FeatureSpace:
 def in_domain_frechet(ctx) -> dict:
     model, p = ctx.model, ctx.protocol
     if p.fd_n <= 0:
-        return {}
+        return {"fd_unavailable": "fd_n = 0 in this protocol: no Fréchet-distance samples"}
     missing = [m for m in model.modalities if getattr(ctx.classifiers[m][0], "features", None) is None]
     if missing:
         return {"fd_unavailable": f"no penultimate-layer features for modality {', '.join(missing)}"}

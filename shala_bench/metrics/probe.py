@@ -45,6 +45,8 @@ def latent_probe(ctx) -> dict:
     model, p = ctx.model, ctx.protocol
     if ctx.data.spec.multilabel:
         return {"probe_unavailable": "multi-label dataset: the probe is defined for single labels"}
+    if p.probe_n <= 0:
+        return {"probe_unavailable": "probe_n = 0 in this protocol: no training encodings to fit the probe on"}
     train = ctx.data.splits["train"].head(p.probe_n)
     test = ctx.data.splits["test"].head(p.eval_n)
     subsets = {m: [m] for m in model.modalities}
