@@ -69,6 +69,14 @@ class Protocol:
     shala_denoiser_width: int = 256
     shala_denoiser_depth: int = 3
     shala_ddim_eta: float = 0.0
+    # shala-post's training-free posterior sampling p(z | X_S) ∝ p_diff(z) Π_{m∈S} p(x_m | z) (evaluation
+    # settings): likelihood weight w (1 = DPS's approximate posterior), predictor steps, Langevin corrector
+    # steps per level (0 = plain DPS) and the corrector's step-size ratio. With protocol v2 (issue 14) these
+    # and the other shala_* fields move to the ShaLa plugin's own config.
+    shala_post_weight: float = 1.0
+    shala_post_steps: int = 25
+    shala_post_langevin: int = 0
+    shala_post_snr: float = 0.16
 
     # --- evaluation
     classifier_epochs: int = 10
@@ -105,7 +113,7 @@ PROFILES: dict[str, dict] = {
     # Seconds: for tests. Numbers are too small to mean anything.
     "smoke": dict(n_train=256, n_val=32, n_test=64, batch_size=32, steps=6, checkpoint_every=3, log_every=2,
                   prior_steps=6, diffusion_T=50, sample_steps=5, classifier_epochs=1, eval_n=64, joint_n=64, probe_n=32,
-                  fd_n=64, iwae_k=2),
+                  fd_n=64, iwae_k=2, shala_post_steps=5),
     # Minutes on a 2-core CPU.
     "quick": dict(),
     # The published recipe, for GPUs.
@@ -117,7 +125,8 @@ PROFILES: dict[str, dict] = {
 EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n", "max_subsets_per_k", "fid_n",
                      "fd_n", "frechet_cond_subsets", "probe_n",
                      # sampling settings of a trained diffusion prior: read only at generation time
-                     "sample_steps", "guidance_scale", "shala_ddim_eta")
+                     "sample_steps", "guidance_scale", "shala_ddim_eta",
+                     "shala_post_weight", "shala_post_steps", "shala_post_langevin", "shala_post_snr")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _FIXED = {"dataset", "profile", "protocol_version"}
@@ -196,6 +205,10 @@ def validate(p: Protocol, dataset_entry=None) -> None:
             raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
     if not 0.0 <= p.shala_ddim_eta <= 1.0:
         raise ProtocolError(f"shala_ddim_eta must be in [0, 1], got {p.shala_ddim_eta}")
+    # shala-post's sampler (moves to the plugin's config with protocol v2)
+    if not p.shala_post_weight >= 0 or p.shala_post_steps <= 0 or p.shala_post_langevin < 0 or not p.shala_post_snr > 0:
+        raise ProtocolError(f"shala_post_*: need weight >= 0, steps > 0, langevin >= 0, snr > 0; got "
+                            f"{p.shala_post_weight}, {p.shala_post_steps}, {p.shala_post_langevin}, {p.shala_post_snr}")
     lo, hi = getattr(dataset_entry, "modality_range", (1, 10**6))
     if not lo <= p.n_modalities <= hi:
         raise ProtocolError(f"n_modalities={p.n_modalities} not supported by {p.dataset}: use {lo}..{hi}")
