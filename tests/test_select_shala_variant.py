@@ -97,5 +97,5 @@ def test_evaluate_step_writes_validation_records_per_grid_point(results, tmp_pat
     assert all(set(r["settings"]) == {"guidance_scale"} for r in recs)
     n_val = rec.protocol["n_val"]
     for r in recs:  # the validation split stood in for the test split
-        assert r["split"] == "val" and r["metrics"]["probe_n_test"] == n_val < rec.metrics["probe_n_test"]
+        assert r["split"] == "val" and r["metrics"]["fd_n"] == n_val < rec.metrics["fd_n"]
         assert sel.SCORE in r["metrics"] and sel.KAPPA in r["metrics"]
