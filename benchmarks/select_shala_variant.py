@@ -25,13 +25,15 @@ Two steps. Test-split numbers are never read by either.
      every M: joint coherence κ (`coherence_joint_kappa`) at least the incumbent's minus
      --max-kappa-drop (0.05), and in-domain FD (`fd_mean`) at most --max-fd-ratio (1.25) times the
      incumbent's. A candidate without those metrics is out.
-   - each variant keeps its best setting that passes the guard rails; the winner is the variant
+   - a candidate is (variant, trained settings, evaluation setting); each variant keeps its best
+     candidate that passes the guard rails; the winner is the variant
      with the highest score; a tie (within --min-gain, default 0) keeps the incumbent.
    The decision names the variant and its setting: set `SHALA_VARIANT` in plugins/shala.py and
    that setting as the variant's default, and say both in the `shala` card.
 
 A validation record (`validation.json`) is one JSON object: kind "shala-validation", split "val",
-model, n_modalities, seed, settings (the grid point), metrics, protocol_hash (of the evaluation
+model, n_modalities, seed, settings (the grid point), trained (the run's trained settings that differ
+from its profile's: runs of one variant with different trained settings are different candidates), metrics, protocol_hash (of the evaluation
 protocol), timings, source_run (the training run's folder), created. Only the metrics the rule reads
 are computed (METRICS).
 """
@@ -72,7 +74,8 @@ class SelectionError(RuntimeError):
 @dataclasses.dataclass
 class Candidate:
     model: str
-    settings: dict
+    settings: dict  # the evaluation grid point
+    trained: dict  # the runs' trained settings that differ from the profile's (e.g. shala_joint_modality_dropout)
     per_m: dict  # M -> {"score", "kappa", "fd", "seeds"}
     score: float | None = None
     eligible: bool = True
@@ -105,15 +108,16 @@ def mean(xs):
 
 
 def candidates(records: list[dict], ms: tuple[int, ...]) -> list[Candidate]:
-    groups: dict[tuple[str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple[str, str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r["model"] in VARIANTS:
-            groups[(r["model"], settings_key(r.get("settings", {})))][int(r["n_modalities"])].append(r["metrics"])
+            key = (r["model"], settings_key(r.get("trained", {})), settings_key(r.get("settings", {})))
+            groups[key][int(r["n_modalities"])].append(r["metrics"])
     out = []
-    for (model, skey), by_m in sorted(groups.items()):
+    for (model, tkey, skey), by_m in sorted(groups.items()):
         per_m = {M: {"score": mean([m.get(SCORE) for m in mets]), "kappa": mean([m.get(KAPPA) for m in mets]),
                      "fd": mean([m.get(FD) for m in mets]), "seeds": len(mets)} for M, mets in sorted(by_m.items())}
-        c = Candidate(model, json.loads(skey), per_m)
+        c = Candidate(model, json.loads(skey), json.loads(tkey), per_m)
         missing = [M for M in ms if M not in per_m or per_m[M]["score"] is None]
         if missing:
             c.eligible, c.reason = False, f"no validation {SCORE} at M = {', '.join(map(str, missing))}"
@@ -155,11 +159,11 @@ def select(records: list[dict], ms: tuple[int, ...] = (2, 5, 8), max_kappa_drop:
     for model, c in sorted(best.items()):
         if c.score > winner.score + min_gain:
             winner = c
-    return {"variant": winner.model, "settings": winner.settings, "score": winner.score, "ms": list(ms),
-            "incumbent": {"settings": ref.settings, "score": ref.score},
+    return {"variant": winner.model, "settings": winner.settings, "trained": winner.trained, "score": winner.score,
+            "ms": list(ms), "incumbent": {"settings": ref.settings, "trained": ref.trained, "score": ref.score},
             "rule": {"score": f"mean over M of {SCORE}", "max_kappa_drop": max_kappa_drop, "max_fd_ratio": max_fd_ratio,
                      "min_gain": min_gain},
-            "candidates": [{"model": c.model, "settings": c.settings, "score": c.score, "eligible": c.eligible,
+            "candidates": [{"model": c.model, "settings": c.settings, "trained": c.trained, "score": c.score, "eligible": c.eligible,
                             "best_of_variant": best.get(c.model) is c, "reason": c.reason,
                             "per_m": {str(M): v for M, v in c.per_m.items()}} for c in cands]}
 
@@ -172,9 +176,11 @@ def table(decision: dict) -> str:
     for c in decision["candidates"]:
         cells = [f"{fmt(c['per_m'].get(str(M), {}).get('score'))}/{fmt(c['per_m'].get(str(M), {}).get('kappa'))}/"
                  f"{fmt(c['per_m'].get(str(M), {}).get('fd'))}" for M in ms]
-        mark = "**chosen**" if (c["model"], c["settings"]) == (decision["variant"], decision["settings"]) else (
+        chosen = (c["model"], c["settings"], c["trained"]) == (decision["variant"], decision["settings"], decision["trained"])
+        mark = "**chosen**" if chosen else (
             c["reason"] or ("best of variant" if c["best_of_variant"] else ""))
-        lines.append(f"| {c['model']} | {settings_key(c['settings'])} | {fmt(c['score'])} | " + " | ".join(cells) + f" | {mark} |")
+        shown = settings_key({**c["trained"], **c["settings"]})
+        lines.append(f"| {c['model']} | {shown} | {fmt(c['score'])} | " + " | ".join(cells) + f" | {mark} |")
     return "\n".join(lines)
 
 
@@ -222,11 +228,13 @@ def evaluate_on_validation(run: Path, settings: dict, out: Path, cache_dir: Path
     torch.manual_seed(rec.seed)
     model = entry.factory(data.spec, p)
     model.load_state_dict(load_checkpoint((Path(run) / rec.checkpoint).resolve())["model"])
+    base = make_protocol(ds, rec.profile, {"n_modalities": rec.n_modalities}).to_dict()
+    trained = {k: v for k, v in trained_fields(rec.protocol).items() if base.get(k) != v}
     tag = hashlib.sha256(settings_key(settings).encode()).hexdigest()[:10]
     folder = Path(out) / rec.dataset / rec.model / rec.run_id / tag
     values, timings, _ = evaluate(model, p, validation_view(data), folder, rec.seed, device, cache_dir, only=list(metrics))
     body = {"kind": KIND, "split": "val", "model": rec.model, "dataset": rec.dataset, "n_modalities": rec.n_modalities,
-            "seed": rec.seed, "settings": settings, "metrics": values, "timings": timings, "protocol_hash": p.hash,
+            "seed": rec.seed, "settings": settings, "trained": trained, "metrics": values, "timings": timings, "protocol_hash": p.hash,
             "source_run": str(Path(run).resolve()), "created": now()}
     atomic_write_text(folder / VALIDATION, json.dumps(body, indent=2, sort_keys=True) + "\n")
     return folder / VALIDATION
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         decision = select(read_validation_records(Path(args.records)), tuple(int(m) for m in args.ms.split(",")),
                           args.max_kappa_drop, args.max_fd_ratio, args.min_gain)
         print(table(decision))
-        print(f"\nshala = {decision['variant']} with {settings_key(decision['settings'])} "
+        print(f"\nshala = {decision['variant']} with {settings_key({**decision['trained'], **decision['settings']})} "
               f"(validation score {decision['score']:.3f}; incumbent {decision['incumbent']['score']:.3f})")
         if args.json:
             Path(args.json).write_text(json.dumps(decision, indent=2, sort_keys=True) + "\n")

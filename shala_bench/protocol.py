@@ -69,6 +69,9 @@ class Protocol:
     shala_denoiser_width: int = 256
     shala_denoiser_depth: int = 3
     shala_ddim_eta: float = 0.0
+    # stage-1 modality dropout of shala-cond and shala-post (0 = the plain joint VAE, their default); a trained
+    # setting, so the selection study can measure whether their stage 1 needs it
+    shala_joint_modality_dropout: float = 0.0
     # shala-post's training-free posterior sampling p(z | X_S) ∝ p_diff(z) Π_{m∈S} p(x_m | z) (evaluation
     # settings): likelihood weight w (1 = DPS's approximate posterior), predictor steps, Langevin corrector
     # steps per level (0 = plain DPS) and the corrector's step-size ratio. With protocol v2 (issue 14) these
@@ -197,7 +200,7 @@ def validate(p: Protocol, dataset_entry=None) -> None:
     for k in ("lr", "likelihood_scale"):
         if not getattr(p, k) > 0:
             raise ProtocolError(f"{k} must be > 0, got {getattr(p, k)}")
-    for k in ("shala_modality_dropout", "cond_dropout"):
+    for k in ("shala_modality_dropout", "shala_joint_modality_dropout", "cond_dropout"):
         if not 0.0 <= getattr(p, k) < 1.0:
             raise ProtocolError(f"{k} must be in [0, 1), got {getattr(p, k)}")
     for k in ("shala_embed_dim", "shala_denoiser_width", "shala_denoiser_depth"):  # ShaLa's network sizes

@@ -18,15 +18,17 @@ sys.modules[_spec.name] = sel  # dataclasses look their module up there
 _spec.loader.exec_module(sel)
 
 
-def write(folder: Path, model: str, settings: dict, by_m: dict, split: str = "val", seeds=(0, 1)) -> None:
+def write(folder: Path, model: str, settings: dict, by_m: dict, split: str = "val", seeds=(0, 1),
+          trained: dict | None = None) -> None:
     """Validation records: by_m = {M: (k1, kappa, fd)}; two seeds around each value (mean = the value)."""
     for M, (k1, kappa, fd) in by_m.items():
         for j, seed in enumerate(seeds):
             d = 0.01 * (1 if j else -1)
             rec = {"kind": sel.KIND, "split": split, "model": model, "n_modalities": M, "seed": seed,
-                   "settings": settings, "metrics": {sel.SCORE: k1 + d, sel.KAPPA: kappa - d, sel.FD: fd + d,
+                   "settings": settings, "trained": trained or {}, "metrics": {sel.SCORE: k1 + d, sel.KAPPA: kappa - d, sel.FD: fd + d,
                                                       "coherence_cond_k4": 0.99}}
-            path = folder / model / json.dumps(settings, sort_keys=True).replace('"', "") / f"M{M}-s{seed}" / sel.VALIDATION
+            tag = json.dumps({**(trained or {}), **settings}, sort_keys=True).replace('"', "")
+            path = folder / model / tag / f"M{M}-s{seed}" / sel.VALIDATION
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rec))
 
@@ -76,6 +78,17 @@ def test_selection_keeps_the_incumbent_on_a_tie_and_refuses_test_records(tmp_pat
         sel.read_validation_records(tmp_path / "empty")
 
 
+def test_runs_with_other_trained_settings_are_other_candidates(tmp_path):
+    fixture(tmp_path)
+    write(tmp_path, "shala-cond", {"guidance_scale": 1.0}, {M: (0.70, 0.50, 10.0) for M in ALL},
+          trained={"shala_joint_modality_dropout": 0.5})
+    d = sel.select(sel.read_validation_records(tmp_path))
+    assert (d["variant"], d["trained"], d["settings"]) == ("shala-cond", {"shala_joint_modality_dropout": 0.5},
+                                                            {"guidance_scale": 1.0})
+    assert d["score"] == pytest.approx(0.70)  # not merged with the default-trained runs' 0.60
+    assert "shala_joint_modality_dropout" in sel.table(d)
+
+
 def test_cli_select_writes_the_decision(tmp_path, capsys):
     fixture(tmp_path / "val")
     assert sel.main(["select", "--records", str(tmp_path / "val"), "--json", str(tmp_path / "d.json")]) == 0
@@ -94,7 +107,7 @@ def test_evaluate_step_writes_validation_records_per_grid_point(results, tmp_pat
                      "--grid", "shala_post_weight=0.5"]) == 0  # a key shala-cond does not read is not applied
     recs = sel.read_validation_records(out)
     assert sorted(r["settings"]["guidance_scale"] for r in recs) == [1.0, 2.0]
-    assert all(set(r["settings"]) == {"guidance_scale"} for r in recs)
+    assert all(set(r["settings"]) == {"guidance_scale"} and r["trained"] == {} for r in recs)
     n_val = rec.protocol["n_val"]
     for r in recs:  # the validation split stood in for the test split
         assert r["split"] == "val" and r["metrics"]["fd_n"] == n_val < rec.metrics["fd_n"]

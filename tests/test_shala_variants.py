@@ -140,6 +140,9 @@ def test_joint_variants_train_stage_one_without_modality_dropout(cls):
     model = cls(spec_for(5), protocol(5, shala_modality_dropout=0.5))
     assert bool(model.modality_dropout(1000).all())
     assert model.stages == ("vae", "prior")
+    # unless their own setting turns shala-fused's dropout on
+    S = cls(spec_for(5), protocol(5, shala_joint_modality_dropout=0.5)).modality_dropout(20_000)
+    assert bool(S.any(1).all()) and abs(float(S.all(1).float().mean()) - 0.5) < 0.02
 
 
 def test_cond_and_post_share_one_stage_one(results):
