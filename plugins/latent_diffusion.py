@@ -13,6 +13,8 @@ Notation (Ho et al. 2020; Song et al. 2021 for DDIM):
     probability `cond_dropout`, so one v_θ is both p(z) (c = ∅) and p(z | c);
     guidance (Ho & Salimans 2022): ṽ = v_θ(z_t, t, ∅) + w (v_θ(z_t, t, c) − v_θ(z_t, t, ∅)) (the same
     as guiding ε, since ε̂ is affine in v̂ at fixed z_t).
+posterior sampling without training (Chung et al. 2023, DPS; Song et al. 2021, predictor-corrector):
+    p(z | y) ∝ p_θ(z) p(y | z) from the unconditional denoiser and any differentiable log-likelihood.
 Time steps are 0-based here: t = 0 is the first noising step, t = T - 1 the last.
 Nothing in this file knows about modalities; the model passes z_0 and the condition c.
 """
@@ -139,6 +141,18 @@ class GaussianDiffusion(nn.Module):
         cond, uncond = both[:B], both[B:]
         return uncond + w * (cond - uncond)
 
+    def timesteps(self, steps: int, device) -> Tensor:
+        """`steps` evenly spaced steps from T - 1 down to 0 (the DDIM sub-sequence)."""
+        return torch.linspace(self.T - 1, 0, min(steps, self.T), device=device).round().long().unique_consecutive()
+
+    def ddim_step(self, z0: Tensor, eps: Tensor, ab: Tensor, ab_prev: Tensor, eta: float, last: bool) -> Tensor:
+        """z_{t'} from the predictions ẑ_0, ε̂ at level t (Song et al. 2021, eq. 12), t' the next level."""
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
+        z = ab_prev.sqrt() * z0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and not last:
+            z = z + sigma * torch.randn_like(z)
+        return z
+
     @torch.no_grad()
     def sample(self, model: Denoiser, n: int, c: Tensor | None = None, steps: int = 50,
                guidance: float = 1.0, eta: float = 0.0) -> Tensor:
@@ -146,15 +160,53 @@ class GaussianDiffusion(nn.Module):
         eta = 1 with steps = T: ancestral DDPM sampling). c = None: the unconditional prior. (n, D)"""
         device = self.alpha_bar.device
         z = torch.randn(n, model.dim, device=device)
-        ts = torch.linspace(self.T - 1, 0, min(steps, self.T), device=device).round().long().unique_consecutive()
+        ts = self.timesteps(steps, device)
         for i, t in enumerate(ts):
             ab = self.alpha_bar[t]
             ab_prev = self.alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
             v = self.guided_v(model, z, t.expand(n), c, guidance)
             z0 = ab.sqrt() * z - (1 - ab).sqrt() * v  # ẑ_0 and ε̂ from v̂
             eps = (1 - ab).sqrt() * z + ab.sqrt() * v
-            sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()
-            z = ab_prev.sqrt() * z0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
-            if eta > 0 and i + 1 < len(ts):
-                z = z + sigma * torch.randn_like(z)
+            z = self.ddim_step(z0, eps, ab, ab_prev, eta, i + 1 == len(ts))
+        return z
+
+    # ------------------------------------------------------------ posterior sampling (training-free)
+    def posterior_eps(self, model: Denoiser, z: Tensor, t: Tensor, log_lik, weight: float) -> tuple[Tensor, Tensor]:
+        """ẑ_0 and ε̂ of the posterior p_t(z_t | y) ∝ p_t(z_t) p(y | z_t), with DPS's approximation
+        p(y | z_t) ≈ p(y | ẑ_0(z_t)) (Chung et al. 2023): the score gains w ∇_{z_t} log p(y | ẑ_0(z_t)),
+        i.e. ε̂ <- ε̂ − w sqrt(1 − ᾱ_t) ∇ (the classifier-guidance form, Dhariwal & Nichol 2021).
+        `log_lik(ẑ_0)` returns per-sample log-likelihoods (n,); w = 1 is the approximate posterior."""
+        ab = self.alpha_bar[t]
+        with torch.enable_grad():  # evaluation runs under no_grad; the gradient is w.r.t. z_t only
+            zg = z.detach().requires_grad_(True)
+            v = model(zg, t.expand(z.shape[0]), None)
+            z0 = ab.sqrt() * zg - (1 - ab).sqrt() * v
+            (grad,) = torch.autograd.grad(log_lik(z0).sum(), zg)
+        v = v.detach()
+        eps = (1 - ab).sqrt() * z + ab.sqrt() * v - weight * (1 - ab).sqrt() * grad
+        return (z - (1 - ab).sqrt() * eps) / ab.sqrt(), eps
+
+    def posterior_sample(self, model: Denoiser, n: int, log_lik, steps: int = 50, weight: float = 1.0,
+                         eta: float = 0.0, langevin: int = 0, snr: float = 0.16) -> Tensor:
+        """z_0 ~ p(z | y) ∝ p_θ(z) p(y | z) with the unconditional denoiser, no training. (n, D)
+
+        Predictor: DDIM steps on the DPS posterior score (`posterior_eps`); langevin = 0 is plain DPS.
+        Corrector (annealed Langevin, Song et al. 2021's predictor-corrector sampler): before each
+        predictor step, `langevin` steps z <- z + δ s + sqrt(2δ) ξ at that level with the posterior score
+        s = −ε̂ / sqrt(1 − ᾱ_t) and δ = 2 (snr ‖ξ‖ / ‖s‖)², norms averaged over the batch."""
+        device = self.alpha_bar.device
+        z = torch.randn(n, model.dim, device=device)
+        ts = self.timesteps(steps, device)
+        for i, t in enumerate(ts):
+            ab = self.alpha_bar[t]
+            ab_prev = self.alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
+            for _ in range(langevin):
+                _, eps = self.posterior_eps(model, z, t, log_lik, weight)
+                score, noise = -eps / (1 - ab).sqrt(), torch.randn_like(z)
+                # one step size per level from the batch's mean norms, as Song et al.'s code does: a per-sample
+                # ratio gives huge steps where ‖s‖ happens to be small, and the chain then diverges
+                delta = 2 * (snr * noise.norm(dim=-1).mean() / score.norm(dim=-1).mean().clamp(min=1e-12)) ** 2
+                z = (z + delta * score + (2 * delta).sqrt() * noise).detach()
+            z0, eps = self.posterior_eps(model, z, t, log_lik, weight)
+            z = self.ddim_step(z0, eps, ab, ab_prev, eta, i + 1 == len(ts)).detach()
         return z

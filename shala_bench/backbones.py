@@ -5,7 +5,8 @@ Every model gets the same backbones, so models differ only where their papers di
 PolyMNIST architecture shared by MoPoE, MMVAE+ and MultiVae, so numbers are comparable
 with theirs. An encoder maps x to (mu, logvar) of size `latent_dim`; a decoder maps a
 latent of size `latent_dim` to the mean of the likelihood (no output activation: the
-Laplace location).
+Laplace location). Every encoder is `heads(features(x))`: `features` is its trunk (what the
+mean and log-variance heads read), so a model may put heads of its own on the same trunk.
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ class ImageEncoder(nn.Module):
         self.mu = nn.Conv2d(128, latent_dim, 4, 2, 0)
         self.logvar = nn.Conv2d(128, latent_dim, 4, 2, 0)
 
+    def features(self, x: Tensor) -> Tensor:
+        return self.trunk(x)  # (B, 128, 4, 4): what the heads read
+
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return conv_heads(h, self.mu, self.logvar)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return conv_heads(self.trunk(x), self.mu, self.logvar)
+        return self.heads(self.features(x))
 
 
 class ImageDecoder(nn.Module):
@@ -88,8 +95,14 @@ class Image64Encoder(nn.Module):
         self.mu = nn.Conv2d(128, latent_dim, 4, 1, 0)
         self.logvar = nn.Conv2d(128, latent_dim, 4, 1, 0)
 
+    def features(self, x: Tensor) -> Tensor:
+        return self.trunk(x)  # (B, 128, 4, 4): what the heads read
+
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return conv_heads(h, self.mu, self.logvar)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return conv_heads(self.trunk(x), self.mu, self.logvar)
+        return self.heads(self.features(x))
 
 
 def _upsample64(channels: int) -> nn.Sequential:
@@ -137,11 +150,16 @@ class VideoEncoder(nn.Module):
         self.mu = nn.Linear(hidden * frames, latent_dim)
         self.logvar = nn.Linear(hidden * frames, latent_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # x: (B, C, F, 64, 64)
+    def features(self, x: Tensor) -> Tensor:  # x: (B, C, F, 64, 64)
         B, C, F = x.shape[:3]
         h = self.frame(x.transpose(1, 2).reshape(B * F, C, *x.shape[3:]))  # (B*F, H)
-        h = self.temporal(h.view(B, F, -1).transpose(1, 2))  # (B, H*F)
+        return self.temporal(h.view(B, F, -1).transpose(1, 2))  # (B, H*F)
+
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.mu(h), self.logvar(h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.heads(self.features(x))
 
 
 class VideoDecoder(nn.Module):
@@ -191,9 +209,14 @@ class TextEncoder(nn.Module):
         self.mu = nn.Linear(hidden * n, latent_dim)
         self.logvar = nn.Linear(hidden * n, latent_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # x: (B, L) token ids (any dtype)
-        h = self.conv(self.embed(x.long()).transpose(1, 2))  # (B, H * L')
+    def features(self, x: Tensor) -> Tensor:  # x: (B, L) token ids (any dtype)
+        return self.conv(self.embed(x.long()).transpose(1, 2))  # (B, H * L')
+
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.mu(h), self.logvar(h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.heads(self.features(x))
 
 
 class TextDecoder(nn.Module):
@@ -240,9 +263,14 @@ class SkeletonEncoder(nn.Module):
         self.mu = nn.Linear(256 * (frames // 4), latent_dim)
         self.logvar = nn.Linear(256 * (frames // 4), latent_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # x: (B, T, J, 3)
-        h = self.trunk(x.flatten(2).transpose(1, 2))  # (B, 3J, T) -> (B, 256*T/4)
+    def features(self, x: Tensor) -> Tensor:  # x: (B, T, J, 3)
+        return self.trunk(x.flatten(2).transpose(1, 2))  # (B, 3J, T) -> (B, 256*T/4)
+
+    def heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.mu(h), self.logvar(h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.heads(self.features(x))
 
 
 class SkeletonDecoder(nn.Module):

@@ -81,6 +81,17 @@ class Protocol:
     shala_denoiser_width: int = 256
     shala_denoiser_depth: int = 3
     shala_ddim_eta: float = 0.0
+    # stage-1 modality dropout of shala-cond and shala-post (0 = the plain joint VAE, their default); a trained
+    # setting, so the selection study can measure whether their stage 1 needs it
+    shala_joint_modality_dropout: float = 0.0
+    # shala-post's training-free posterior sampling p(z | X_S) ∝ p_diff(z) Π_{m∈S} p(x_m | z) (evaluation
+    # settings): likelihood weight w (1 = DPS's approximate posterior), predictor steps, Langevin corrector
+    # steps per level (0 = plain DPS) and the corrector's step-size ratio. With protocol v2 (issue 14) these
+    # and the other shala_* fields move to the ShaLa plugin's own config.
+    shala_post_weight: float = 1.0
+    shala_post_steps: int = 25
+    shala_post_langevin: int = 0
+    shala_post_snr: float = 0.16
 
     # --- evaluation
     classifier_epochs: int = 10
@@ -117,7 +128,7 @@ PROFILES: dict[str, dict] = {
     # Seconds: for tests. Numbers are too small to mean anything.
     "smoke": dict(n_train=256, n_val=32, n_test=64, batch_size=32, steps=6, checkpoint_every=3, log_every=2,
                   prior_steps=6, diffusion_T=50, sample_steps=5, classifier_epochs=1, eval_n=64, joint_n=64, probe_n=32,
-                  fd_n=64, iwae_k=2),
+                  fd_n=64, iwae_k=2, shala_post_steps=5),
     # Minutes on a 2-core CPU.
     "quick": dict(),
     # The published recipe, for GPUs.
@@ -129,7 +140,8 @@ PROFILES: dict[str, dict] = {
 EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n", "max_subsets_per_k", "fid_n",
                      "fd_n", "frechet_cond_subsets", "probe_n",
                      # sampling settings of a trained diffusion prior: read only at generation time
-                     "sample_steps", "guidance_scale", "shala_ddim_eta")
+                     "sample_steps", "guidance_scale", "shala_ddim_eta",
+                     "shala_post_weight", "shala_post_steps", "shala_post_langevin", "shala_post_snr")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
 _FIXED = {"dataset", "profile", "protocol_version", "numbers_version"}
@@ -221,7 +233,9 @@ RANGES: dict[str, tuple] = {
     "mvae_subsets": _ge(0), "iwae_k": _gt(0), "w_dim": _gt(0), "shala_embed_dim": _gt(0),
     "shala_modality_dropout": _unit(False), "prior_steps": _gt(0), "prior_lr": _gt(0), "diffusion_T": _gt(0),
     "sample_steps": _gt(0), "guidance_scale": _ge(0), "cond_dropout": _unit(False), "shala_denoiser_width": _gt(0),
-    "shala_denoiser_depth": _gt(0), "shala_ddim_eta": _unit(True),
+    "shala_denoiser_depth": _gt(0), "shala_ddim_eta": _unit(True), "shala_joint_modality_dropout": _unit(False),
+    # shala-post's posterior sampler (evaluation settings; move to the plugin's config with protocol v2)
+    "shala_post_weight": _ge(0), "shala_post_steps": _gt(0), "shala_post_langevin": _ge(0), "shala_post_snr": _gt(0),
     # evaluation (fid_n, fd_n, probe_n = 0: that metric off, recorded as unavailable)
     "classifier_epochs": _gt(0), "classifier_batch": _gt(0), "eval_n": _gt(0), "joint_n": _gt(0),
     "max_subsets_per_k": _gt(0), "fid_n": _ge(0), "fd_n": _ge(0), "frechet_cond_subsets": _ge(0), "probe_n": _ge(0),
