@@ -117,6 +117,13 @@ def eval_progress(run_dir: Path, say: bool):
     return on_metric
 
 
+def _record_failure(record: RunRecord, trainer: Trainer, run_dir: Path, where: str, e: Exception) -> None:
+    """Write the record of a run that an unexpected exception ended, as `failed: <where><type>: <first line>`."""
+    record.status = f"failed: {where}{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    record.restarts = restarts(trainer)
+    write_record(record, run_dir)
+
+
 def _run_prepared(prep: Prepared, spec: RunSpec, registry, trainer_hook) -> RunRecord:
     from shala_bench.evaluate import evaluate
 
@@ -146,9 +153,7 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, trainer_hook) -> RunR
     except (Preempted, ShalaBenchError, KeyboardInterrupt):
         raise
     except Exception as e:
-        record.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        record.restarts = restarts(trainer)
-        write_record(record, prep.dir)
+        _record_failure(record, trainer, prep.dir, "", e)
         raise
     train_s = sum(state.seconds.values())
     t1 = time.perf_counter()
@@ -160,9 +165,7 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, trainer_hook) -> RunR
     except (ShalaBenchError, KeyboardInterrupt):
         raise
     except Exception as e:
-        record.status = f"failed: evaluation: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-        record.restarts = restarts(trainer)
-        write_record(record, prep.dir)
+        _record_failure(record, trainer, prep.dir, "evaluation: ", e)
         raise
     eval_s = time.perf_counter() - t1
     n_seen = {s: stage_budget(p, s)[0] * p.batch_size for s in model.stages}
