@@ -43,48 +43,36 @@ class MVAE(MultimodalVAE):
         mu, logvar, _ = self.experts(x)
         return product_of_experts(mu, logvar)
 
-    def elbo_terms(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-sample ELBOs (B,) of the joint, the M unimodal and the J random subsets (paper eq. 5).
+    def elbo(self, x: dict[str, Tensor], mu_e: Tensor, logvar_e: Tensor, mask: Tensor, decoded: list[int]) -> Tensor:
+        """Per-sample ELBO of the subset given by mask (M, B) or (M,): reconstruct only what is observed.
 
-        Each ELBO(X_S) = Σ_{m∈S} log p(x_m | z_S) − β KL(q(z | X_S) || N(0, I)), z_S ~ q(z | X_S),
-        reconstructing only what S observes. The latents of all terms are drawn first; then each
-        decoder runs ONCE on the stacked latents of every term that observes its modality (one
-        large call instead of up to 2 + J small ones: the same numbers, fewer, fuller kernels).
+        `decoded` lists the modality indices that can be observed in the mask, so no
+        decoder runs for a modality that is masked out everywhere.
         """
+        mu, logvar = product_of_experts(mu_e, logvar_e, mask)
+        z = reparameterize(mu, logvar)
+        rec = 0.0
+        for i in decoded:
+            m = self.modalities[i]
+            rec = rec + mask[i].to(z.dtype) * self.log_likelihood(m, x[m], self.decoders[m](z))
+        return rec - self.protocol.beta * kl_to_standard_normal(mu, logvar)
+
+    def elbo_terms(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         mu_e, logvar_e, _ = self.experts(x)  # all M experts, encoded once
         M, B = mu_e.shape[0], mu_e.shape[1]
         dev = mu_e.device
-        ones, eye = torch.ones(M, device=dev), torch.eye(M, device=dev)
-        # (term name, mask (M,) or (M, B), indices of the modalities it decodes)
-        plan = [("joint", ones, range(M))] + [("unimodal", eye[i], [i]) for i in range(M)]
-        draws = []  # (name, mask, decoded, z, kl), in the order their noise is drawn
-        for name, mask, decoded in plan:
-            draws.append((name, mask, decoded, *self._latent(mu_e, logvar_e, mask)))
+        every = list(range(M))
+        terms = {"joint": self.elbo(x, mu_e, logvar_e, torch.ones(M, device=dev), every)}
+        eye = torch.eye(M, device=dev)
+        terms["unimodal"] = sum(self.elbo(x, mu_e, logvar_e, eye[i], [i]) for i in range(M))
         if M > 2:
             for _ in range(self.protocol.mvae_subsets):
                 # a random subset per sample with 2 <= |S| <= M-1 (joint and unimodal are counted already)
                 k = torch.randint(2, M, (B,), device=dev)
                 ranks = torch.rand(M, B, device=dev).argsort(0).argsort(0)
                 mask = (ranks < k).float()
-                draws.append(("subsets", mask, range(M), *self._latent(mu_e, logvar_e, mask)))
-        log_px = {}  # (term index, modality index) -> log p(x_m | z_term), (B,)
-        for i, m in enumerate(self.modalities):
-            users = [t for t, d in enumerate(draws) if i in d[2]]
-            lp = self.log_likelihood(m, x[m], self.decoders[m](torch.stack([draws[t][3] for t in users])))  # (T, B)
-            log_px.update({(t, i): lp[j] for j, t in enumerate(users)})
-        terms: dict[str, Tensor] = {}
-        for t, (name, mask, decoded, z, kl) in enumerate(draws):
-            rec = 0.0
-            for i in decoded:
-                rec = rec + mask[i].to(z.dtype) * log_px[(t, i)]
-            terms[name] = terms.get(name, 0.0) + rec - self.protocol.beta * kl
+                terms["subsets"] = terms.get("subsets", 0.0) + self.elbo(x, mu_e, logvar_e, mask, every)
         return terms
-
-    @staticmethod
-    def _latent(mu_e: Tensor, logvar_e: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """z ~ q(z | X_S) for the subset `mask`, and KL(q(z | X_S) || N(0, I)) per sample."""
-        mu, logvar = product_of_experts(mu_e, logvar_e, mask)
-        return reparameterize(mu, logvar), kl_to_standard_normal(mu, logvar)
 
     # ------------------------------------------------------------ contract
     def loss(self, batch, stage="vae"):
