@@ -26,8 +26,8 @@ PROTOCOL_VERSION = 1
 # together: records made by code that gave other numbers are never merged with these, and a sweep re-runs them.
 # Records without the field predate it (they mix code states; see leaderboards/records/).
 # History: 1 — first versioned numbers (issue 17).
-#          2 — fused Adam, encoder heads as one matmul, MVAE's one decoder call per modality (issue 13: the
-#              same maths, other float rounding); balanced and chance-corrected coherences (issue 15).
+#          2 — fused Adam, encoder heads as one matmul (issue 13: the same maths, other float rounding);
+#              balanced and chance-corrected coherences (issue 15).
 NUMBERS_VERSION = 2
 
 
