@@ -153,21 +153,25 @@ class GaussianDiffusion(nn.Module):
             z = z + sigma * torch.randn_like(z)
         return z
 
+    def levels(self, steps: int):
+        """The sampler's noise levels, high to low: (t, ᾱ_t, ᾱ of the next level (1 after the last), last?)."""
+        device = self.alpha_bar.device
+        ts = self.timesteps(steps, device)
+        for i, t in enumerate(ts):
+            last = i + 1 == len(ts)
+            yield t, self.alpha_bar[t], torch.ones((), device=device) if last else self.alpha_bar[ts[i + 1]], last
+
     @torch.no_grad()
     def sample(self, model: Denoiser, n: int, c: Tensor | None = None, steps: int = 50,
                guidance: float = 1.0, eta: float = 0.0) -> Tensor:
         """z_0 ~ p_θ(z | c) with DDIM over `steps` evenly spaced steps (eta = 0: deterministic DDIM;
         eta = 1 with steps = T: ancestral DDPM sampling). c = None: the unconditional prior. (n, D)"""
-        device = self.alpha_bar.device
-        z = torch.randn(n, model.dim, device=device)
-        ts = self.timesteps(steps, device)
-        for i, t in enumerate(ts):
-            ab = self.alpha_bar[t]
-            ab_prev = self.alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
+        z = torch.randn(n, model.dim, device=self.alpha_bar.device)
+        for t, ab, ab_prev, last in self.levels(steps):
             v = self.guided_v(model, z, t.expand(n), c, guidance)
             z0 = ab.sqrt() * z - (1 - ab).sqrt() * v  # ẑ_0 and ε̂ from v̂
             eps = (1 - ab).sqrt() * z + ab.sqrt() * v
-            z = self.ddim_step(z0, eps, ab, ab_prev, eta, i + 1 == len(ts))
+            z = self.ddim_step(z0, eps, ab, ab_prev, eta, last)
         return z
 
     # ------------------------------------------------------------ posterior sampling (training-free)
@@ -194,12 +198,8 @@ class GaussianDiffusion(nn.Module):
         Corrector (annealed Langevin, Song et al. 2021's predictor-corrector sampler): before each
         predictor step, `langevin` steps z <- z + δ s + sqrt(2δ) ξ at that level with the posterior score
         s = −ε̂ / sqrt(1 − ᾱ_t) and δ = 2 (snr ‖ξ‖ / ‖s‖)², norms averaged over the batch."""
-        device = self.alpha_bar.device
-        z = torch.randn(n, model.dim, device=device)
-        ts = self.timesteps(steps, device)
-        for i, t in enumerate(ts):
-            ab = self.alpha_bar[t]
-            ab_prev = self.alpha_bar[ts[i + 1]] if i + 1 < len(ts) else torch.ones((), device=device)
+        z = torch.randn(n, model.dim, device=self.alpha_bar.device)
+        for t, ab, ab_prev, last in self.levels(steps):
             for _ in range(langevin):
                 _, eps = self.posterior_eps(model, z, t, log_lik, weight)
                 score, noise = -eps / (1 - ab).sqrt(), torch.randn_like(z)
@@ -208,5 +208,5 @@ class GaussianDiffusion(nn.Module):
                 delta = 2 * (snr * noise.norm(dim=-1).mean() / score.norm(dim=-1).mean().clamp(min=1e-12)) ** 2
                 z = (z + delta * score + (2 * delta).sqrt() * noise).detach()
             z0, eps = self.posterior_eps(model, z, t, log_lik, weight)
-            z = self.ddim_step(z0, eps, ab, ab_prev, eta, i + 1 == len(ts)).detach()
+            z = self.ddim_step(z0, eps, ab, ab_prev, eta, last).detach()
         return z
