@@ -1,4 +1,4 @@
-"""PNG line plots for the leaderboards: one line per model, mean ± std bands over seeds.
+"""PNG line plots for the leaderboards: one line per model, mean ± std (or min–max) bands over seeds.
 
 Byte-reproducible: an Agg canvas on a bare `Figure` (no pyplot state, no GUI backend), the
 matplotlib default style whatever the user's matplotlibrc says, and no metadata (the
@@ -29,6 +29,20 @@ def line_plot(path: Path, series: dict[str, tuple[list, list[float], list[float]
               chance: float | None = None) -> Path:
     """series: model -> (xs, means, stds); a std of NaN (one seed) draws no band at that x. `chance`: a
     dashed line at that y, so a curve's distance from chance is seen at a glance."""
+    bands = {}
+    for model, (xs, means, stds) in series.items():
+        lo = [m - (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
+        hi = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
+        bands[model] = (xs, means, lo, hi)
+    return band_plot(path, bands, xlabel=xlabel, ylabel=ylabel, title=title, models=models, xticks=xticks,
+                     chance=chance)
+
+
+def band_plot(path: Path, series: dict[str, tuple[list, list[float], list[float], list[float]]], *, xlabel: str,
+              ylabel: str, title: str, models: list[str] | None = None, xticks: list | None = None,
+              chance: float | None = None, marker: str | None = "o") -> Path:
+    """series: model -> (xs, means, lows, highs): a line through the means and a band from low to high
+    (drawn only where some band has width). As `line_plot`, whose bands are mean ± std."""
     import matplotlib.style
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -41,14 +55,13 @@ def line_plot(path: Path, series: dict[str, tuple[list, list[float], list[float]
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         for model in sorted(series):
-            xs, means, stds = series[model]
+            xs, means, lo, hi = series[model]
             if not xs:
                 continue
             color = colors.get(model)
-            ax.plot(xs, means, marker="o", color=color, label=model)
-            lo = [m - (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
-            hi = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, stds)]
-            if any(not math.isnan(s) and s > 0 for s in stds):
+            ax.plot(xs, means, marker=marker, markersize=4 if marker and len(xs) > 12 else 6, color=color,
+                    label=model)
+            if any(h - l > 0 for l, h in zip(lo, hi)):
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")

@@ -18,6 +18,7 @@ from pathlib import Path
 from shala_bench.errors import RecordError
 
 RECORD = "record.json"
+CURVES = "curves.csv"  # beside record.json: one row per log (and evaluation) step of the run
 RECORD_VERSION = 1
 
 
@@ -41,6 +42,14 @@ class RunRecord:
     checkpoint: str = ""
     artifacts: dict = field(default_factory=dict)
     restarts: int = 0
+    # protocol v2 (optional: records written before it lack them and read as these defaults)
+    converged: bool | None = None  # None: not recorded
+    train_samples: int = 0  # training samples over the whole run (every stage)
+    best_step: dict = field(default_factory=dict)  # stage -> step of the kept (best) checkpoint
+    train_flops: float = 0.0
+    stages: dict = field(default_factory=dict)  # stage -> {converged, best_step, samples, evaluations, stop, selection}
+    config: dict = field(default_factory=dict)  # the model's own settings
+    config_hash: str = ""  # sha256 hex of the config's canonical JSON
     created: str = ""
     record_version: int = RECORD_VERSION
 
