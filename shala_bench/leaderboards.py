@@ -50,6 +50,7 @@ ALPHA = 0.05  # one-sided Welch's t-test level of the significance mark
 SIG_MARK = "†"
 QUICK_FID_MARK = "‡"
 CHANCE_MARK = "§"
+UNCONVERGED_MARK = "¶"
 CHANCE_P = 0.01  # one-sided binomial test level of "above chance"
 MAJORITY_MAX = 0.5  # a seed whose prior samples give one class more than this share of a modality is collapsed
 LEGEND = (
@@ -68,6 +69,18 @@ LEGEND = (
     f"test, against p_e; that is, kappa not above 0), or one class takes more than {MAJORITY_MAX} of one "
     "modality's samples. Such a seed's coherences are not a result."
 )
+CONVERGENCE_LEGEND = (
+    f"{UNCONVERGED_MARK}: a cell with at least one seed whose training did not converge — a stage stopped at the "
+    "budget (`max_train_samples`) before its validation selection metric reached a plateau (the record says "
+    "`converged: false`); the seed stays in the mean. Records that do not say (written before protocol v2) are "
+    "never marked."
+)
+
+
+def legend(convergence: bool = False) -> str:
+    """The cell legend; with `convergence` (some record says whether it converged) also the meaning of the
+    unconverged mark."""
+    return LEGEND + (" " + CONVERGENCE_LEGEND if convergence else "")
 
 
 class Catalog:
@@ -121,9 +134,13 @@ def family_hash(protocol: dict, metric_versions: dict | None = None) -> str:
 
 
 # ----------------------------------------------------------------- records -> frame
-META = ["dataset", "model", "seed", "M", "profile", "protocol_version", "protocol_hash", "metric_versions",
-        "family_hash", "chance_level", "at_chance", "collapsed", "run_train_s", "run_eval_s", "run_device",
-        "run_threads"]
+META = ["dataset", "model", "entry", "config_hash", "config_short", "seed", "M", "profile", "protocol_version", "protocol_hash",
+        "metric_versions", "family_hash", "run_id", "chance_level", "at_chance", "collapsed", "converged",
+        "budget_stages", "selection", "config_json", "run_train_s", "run_eval_s", "run_train_samples",
+        "run_train_pflop", "run_device", "run_threads"]
+# Compute columns of a per-M table (shown when recorded; never ranked): frame column -> header.
+COMPUTE_COLUMNS = {"run_train_samples": "samples to convergence", "run_train_pflop": "train PFLOP"}
+SHORT_CONFIG = 6  # hex digits of a config hash in a row name (more where two configs of a model share them)
 VERSIONS_KEY = "metric_versions"  # evaluate.VERSIONS_KEY: {metric: version} in a record's metrics
 
 
@@ -193,19 +210,22 @@ def _kmax(metrics: dict, M: int) -> dict:
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
     """One row per ok record: META columns and every numeric metric (others are dropped)."""
     rows = []
-    # One record per (dataset, model, protocol, seed): the latest (a re-evaluation supersedes the first).
+    # One record per (dataset, model, config, protocol, seed): the latest (a re-evaluation supersedes the first).
     latest: dict[tuple, RunRecord] = {}
     for r in sorted((r for r in records if r.ok), key=lambda r: (r.created, r.run_id)):
-        latest[(r.dataset, r.model, r.protocol_hash, r.seed)] = r
+        latest[(r.dataset, r.model, _config_hash(r), r.protocol_hash, r.seed)] = r
     # one registry lookup per dataset, and none when every record carries its chance level
     registered = registered_chances({r.dataset for r in latest.values() if "coherence_cond_chance" not in r.metrics})
     for r in latest.values():
         versions = canonical_versions(r.metrics.get(VERSIONS_KEY))
-        row = {"dataset": r.dataset, "model": r.model, "seed": r.seed, "M": r.n_modalities, "profile": r.profile,
+        row = {"dataset": r.dataset, "model": r.model, "config_hash": _config_hash(r), "seed": r.seed,
+               "M": r.n_modalities, "profile": r.profile,
                "protocol_version": r.protocol.get("protocol_version", 0), "protocol_hash": r.protocol_hash,
-               "metric_versions": versions_label(versions), "family_hash": family_hash(r.protocol, versions)}
+               "metric_versions": versions_label(versions), "family_hash": family_hash(r.protocol, versions),
+               "run_id": r.run_id}
         row["chance_level"], row["at_chance"] = _chance_of(r, registered)
         row["collapsed"] = collapsed(r)
+        row.update(_training(r))
         row["run_train_s"], row["run_eval_s"] = (float(r.timings.get(k) or math.nan) for k in ("train_s", "eval_s"))
         row["run_device"], row["run_threads"] = r.hardware.get("device", "?"), r.hardware.get("torch_threads", "?")
         row.update({k: float(v) for k, v in r.metrics.items()
@@ -215,8 +235,60 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
         row.update({k: v for k, v in r.metrics.items() if k.endswith(BOUND_SUFFIX) and isinstance(v, str)})
         rows.append(row)
     df = pd.DataFrame(rows, columns=META if not rows else None)
-    return df.sort_values(["dataset", "model", "M", "seed", "protocol_hash", "metric_versions"],
+    df["entry"], df["config_short"] = entries(df)
+    return df.sort_values(["dataset", "entry", "M", "seed", "protocol_hash", "metric_versions"],
                           kind="stable").reset_index(drop=True)
+
+
+def _config_hash(r: RunRecord) -> str:
+    h = getattr(r, "config_hash", "")
+    return h if isinstance(h, str) else ""
+
+
+def _positive(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else math.nan
+
+
+def _training(r: RunRecord) -> dict:
+    """What protocol v2 records say about training, as frame columns; NaN / "" where a record does not say
+    (records written before v2): converged 1.0 / 0.0 / NaN, the stages that stopped at the budget, the
+    selection metric of each stage, the model's config (canonical JSON), training samples and PFLOP."""
+    conv = getattr(r, "converged", None)
+    stages = r.stages if isinstance(getattr(r, "stages", None), dict) else {}
+    stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
+    config = r.config if isinstance(getattr(r, "config", None), dict) else {}
+    return {"converged": {True: 1.0, False: 0.0}.get(conv, math.nan) if isinstance(conv, bool) else math.nan,
+            "budget_stages": ", ".join(k for k, v in stages.items() if v.get("stop") == "budget"),
+            "selection": ", ".join(f"{k}: {v['selection']}" for k, v in stages.items() if v.get("selection")),
+            "config_json": json.dumps(config, sort_keys=True, separators=(",", ":")) if config else "",
+            "run_train_samples": _positive(getattr(r, "train_samples", 0)),
+            "run_train_pflop": _positive(getattr(r, "train_flops", 0.0)) / 1e15}
+
+
+def short_hashes(hashes) -> dict[str, str]:
+    """Each config hash -> its first SHORT_CONFIG hex digits, more where two of them would share those; "" -> "?"
+    (a record that did not say its config)."""
+    real = sorted({h for h in hashes if h})
+    n = SHORT_CONFIG
+    while len({h[:n] for h in real}) < len(real):
+        n += 2
+    return {h: h[:n] if h else "?" for h in set(hashes)}
+
+
+def entries(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(row name, short config hash) of each record. The row name is its model, or `model·<short config hash>`
+    where that model has records of more than one config in the protocol family (rows of different configs are
+    never merged); the short hashes are unique within the family."""
+    if df.empty:
+        return pd.Series([], dtype=object, index=df.index), pd.Series([], dtype=object, index=df.index)
+    out, shorts = df["model"].astype(object).copy(), pd.Series("", index=df.index, dtype=object)
+    for _, fam in df.groupby(["dataset", "family_hash"], sort=True):
+        short = short_hashes(fam["config_hash"])
+        shorts[fam.index] = [short[h] if h else "" for h in fam["config_hash"]]
+        for _, g in fam.groupby("model", sort=True):
+            if g["config_hash"].nunique() > 1:
+                out[g.index] = [f"{m}·{short[h]}" for m, h in zip(g["model"], g["config_hash"])]
+    return out, shorts
 
 
 # ----------------------------------------------------------------- statistics
@@ -229,6 +301,7 @@ class Cell:
     significant: bool = False  # the best, and beyond seed noise vs the runner-up
     bound: str = ""  # for a bound-valued metric: the name of the bound, ranked only against the same bound
     at_chance: int = 0  # coherence metrics: seeds whose conditional coherence is not above chance
+    unconverged: int = 0  # seeds whose record says `converged: false`
 
     @property
     def n(self) -> int:
@@ -254,6 +327,8 @@ def metric_cell(g: pd.DataFrame, metric: str, key=None) -> Cell:
     if metric not in g:
         return Cell(())
     c = cell(g[metric])
+    if "converged" in g:
+        c.unconverged = int((g["converged"] == 0.0)[g[metric].notna()].sum())
     test = key.chance if key is not None else None
     if test and "at_chance" in g:
         flagged = g["at_chance"].astype(bool)
@@ -302,10 +377,15 @@ class Table:
     protocol_version: int
     family_hash: str
     metrics: list[str]
-    rows: dict[str, tuple[int, dict[str, Cell]]] = field(default_factory=dict)  # model -> (seeds, {metric: Cell})
+    # row (model, or model·config where a model has several configs) -> (seeds, {metric or compute column: Cell})
+    rows: dict[str, tuple[int, dict[str, Cell]]] = field(default_factory=dict)
     n_records: int = 0
     metric_versions: str = ""  # metrics not at version 1, e.g. "coherence_joint v2"
     keys: dict = field(default_factory=dict)  # metric -> its MetricKey (None: no installed metric declares it)
+    compute: list[str] = field(default_factory=list)  # COMPUTE_COLUMNS present (shown after the metrics, unranked)
+    configs: dict[str, str] = field(default_factory=dict)  # row -> its config hash ("" where not recorded)
+    shorts: dict[str, str] = field(default_factory=dict)  # row -> its short config hash, as in row names
+    convergence: bool = False  # some record says whether it converged
 
     def lower(self, metric: str) -> bool | None:
         return _lower(self.keys.get(metric))
@@ -315,9 +395,12 @@ class Table:
                 "protocol_version": self.protocol_version, "metric_versions": self.metric_versions,
                 "family_hash": self.family_hash,
                 "rows": [{"model": model, "seeds": seeds,
+                          **({"config_hash": self.configs[model]} if self.configs.get(model) else {}),
                           "metrics": {m: {"mean": _num(c.mean), "std": _num(c.std), "n": c.n, "best": c.best,
                                           "significant": c.significant, "lower_is_better": self.lower(m),
-                                          "seeds_at_chance": c.at_chance, **({"bound": c.bound} if c.bound else {})}
+                                          "seeds_at_chance": c.at_chance,
+                                          **({"seeds_unconverged": c.unconverged} if self.convergence else {}),
+                                          **({"bound": c.bound} if c.bound else {})}
                                       for m, c in cells.items()}}
                          for model, (seeds, cells) in self.rows.items()]}
 
@@ -340,13 +423,17 @@ def build_table(part: pd.DataFrame, metrics: list[str], catalog: Catalog | None 
     first = part.iloc[0]
     t = Table(first["dataset"], int(first["M"]), first["protocol_hash"], first["profile"],
               int(first["protocol_version"]), first["family_hash"], metrics, n_records=len(part),
-              metric_versions=first.get("metric_versions", "") or "", keys={m: catalog.key(m) for m in metrics})
-    for model, g in part.groupby("model", sort=True):
-        cells = {m: metric_cell(g, m, t.keys[m]) for m in metrics}
+              metric_versions=first.get("metric_versions", "") or "", keys={m: catalog.key(m) for m in metrics},
+              compute=_present(part, list(COMPUTE_COLUMNS)),
+              convergence=bool("converged" in part and part["converged"].notna().any()))
+    for model, g in part.groupby("entry", sort=True):
+        cells = {m: metric_cell(g, m, t.keys.get(m)) for m in metrics + t.compute}
         for m, c in cells.items():
             if m + BOUND_SUFFIX in g and c.n:
                 c.bound = ",".join(sorted(g[m + BOUND_SUFFIX].dropna().unique()))
         t.rows[model] = (int(g["seed"].nunique()), cells)
+        t.configs[model] = g["config_hash"].iloc[0] if "config_hash" in g else ""
+        t.shorts[model] = g["config_short"].iloc[0] if "config_short" in g else t.configs[model][:SHORT_CONFIG]
     for m in metrics:
         if t.lower(m) is None:  # no declared direction: shown, not ranked
             continue
@@ -390,16 +477,27 @@ def decimals_for(x: float) -> int:
     return 1 if abs(x) >= 100 else 3
 
 
-def fmt_cell(c: Cell) -> str:
+def significant_decimals(x: float, digits: int = 3) -> int:
+    """Decimals that show `digits` significant digits of x in fixed point (at most 6)."""
+    return 3 if x == 0 or not math.isfinite(x) else max(0, min(6, digits - 1 - math.floor(math.log10(abs(x)))))
+
+
+def fmt_cell(c: Cell, decimals: int | None = None) -> str:
     if not c.n:
         return "–"
-    d = decimals_for(c.mean)
+    d = decimals_for(c.mean) if decimals is None else decimals
     s = fmt_value(c.mean, d) if c.n < 2 else f"{fmt_value(c.mean, d)} ± {fmt_value(c.std, d)}"
     if c.best:
         s = f"**{s}**"
     s += SIG_MARK if c.significant else ""
     s += CHANCE_MARK if c.at_chance else ""
+    s += UNCONVERGED_MARK if c.unconverged else ""
     return f"{s} ({c.bound})" if c.bound else s
+
+
+def fmt_compute(c: Cell, column: str) -> str:
+    """Training samples as whole numbers; PFLOP with three significant digits."""
+    return fmt_cell(c, 0 if column == "run_train_samples" else significant_decimals(c.mean) if c.n else None)
 
 
 def _github(rows: list[list[str]], headers: list[str]) -> str:
@@ -443,8 +541,15 @@ def quick_fid_note(profile: str, protocol: dict | None) -> str:
 
 
 def table_markdown(t: Table, protocol: dict | None = None) -> str:
-    rows = [[model, str(seeds)] + [fmt_cell(cells[m]) for m in t.metrics] for model, (seeds, cells) in t.rows.items()]
-    md = _github(rows, ["model", "seeds"] + [metric_header(m, t.profile, t.keys.get(m)) for m in t.metrics])
+    """The table of one protocol: a row per model (per model and config where a model has several), its
+    seeds, its config hash where recorded, each metric, then the compute columns where recorded."""
+    configs = any(t.configs.values())
+    rows = [[model, str(seeds)] + ([f"`{t.shorts[model]}`" if t.shorts.get(model) else "–"] if configs else [])
+            + [fmt_cell(cells[m]) for m in t.metrics] + [fmt_compute(cells[m], m) for m in t.compute]
+            for model, (seeds, cells) in t.rows.items()]
+    md = _github(rows, ["model", "seeds"] + (["config"] if configs else [])
+                 + [metric_header(m, t.profile, t.keys.get(m)) for m in t.metrics]
+                 + [COMPUTE_COLUMNS[m] for m in t.compute])
     if any(quick_fid(t.keys.get(m), t.profile) for m in t.metrics):
         md += "\n\n" + quick_fid_note(t.profile, protocol)
     return md
@@ -458,7 +563,7 @@ def table_title(t: Table) -> str:
 
 def compare_markdown(tables: list[Table], protocols: dict[str, dict] | None = None) -> str:
     columns = columns_legend(_union_keys(tables))
-    parts = [LEGEND, "", *([columns, ""] if columns else [])]
+    parts = [legend(any(t.convergence for t in tables)), "", *([columns, ""] if columns else [])]
     seen: dict[tuple[str, int], int] = {}
     for t in tables:
         key = (t.dataset, t.M)
@@ -481,16 +586,19 @@ def compare_csv(tables: list[Table]) -> str:
                              "family_hash": t.family_hash, "model": model,
                              "seeds": seeds, "metric": m, "mean": _num(c.mean), "std": _num(c.std), "n": c.n,
                              "best": c.best, "significant": c.significant, "lower_is_better": t.lower(m),
-                             "seeds_at_chance": c.at_chance, "bound": c.bound})
+                             "seeds_at_chance": c.at_chance, "bound": c.bound,
+                             "seeds_unconverged": c.unconverged if t.convergence else None,
+                             "config_hash": t.configs.get(model, "")})
     cols = ["dataset", "M", "protocol_hash", "profile", "protocol_version", "metric_versions", "family_hash", "model",
-            "seeds", "metric", "mean", "std", "n", "best", "significant", "lower_is_better", "seeds_at_chance", "bound"]
+            "seeds", "metric", "mean", "std", "n", "best", "significant", "lower_is_better", "seeds_at_chance", "bound",
+            "seeds_unconverged", "config_hash"]
     return pd.DataFrame(rows, columns=cols).to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def compare_json(tables: list[Table]) -> str:
     columns = {m: {"direction": k.direction if k else None, "description": k.description if k else None}
                for m, k in _union_keys(tables).items()}
-    return json.dumps({"legend": LEGEND, "columns": columns, "tables": [t.to_dict() for t in tables]}, indent=2,
+    return json.dumps({"legend": legend(any(t.convergence for t in tables)), "columns": columns, "tables": [t.to_dict() for t in tables]}, indent=2,
                       ensure_ascii=False)
 
 
@@ -539,7 +647,7 @@ def scaling_curves(fam: pd.DataFrame, catalog: Catalog | None = None) -> list[Cu
     for metric in scaling_metrics(fam):
         key = catalog.key(metric)
         cells = {model: {int(M): metric_cell(gm, metric, key) for M, gm in g.groupby("M", sort=True)}
-                 for model, g in fam.groupby("model", sort=True)}
+                 for model, g in fam.groupby("entry", sort=True)}
         out.append(_rank_curve(Curve(first["dataset"], first["family_hash"], first["profile"],
                                      int(first["protocol_version"]), metric, "number of modalities M", xs, cells,
                                      key)))
@@ -561,7 +669,7 @@ def k_curve(fam: pd.DataFrame, catalog: Catalog | None = None) -> tuple[int, Cur
         ks = dict(sorted(ks.items()))
         key = catalog.key(next(iter(ks.values())))
         cells = {model: {k: metric_cell(g, col, key) for k, col in ks.items()}
-                 for model, g in part.groupby("model", sort=True)}
+                 for model, g in part.groupby("entry", sort=True)}
         first = part.iloc[0]
         name = next(iter(ks.values())).rsplit("_k", 1)[0]  # coherence_cond_bal or coherence_cond
         cv = Curve(first["dataset"], first["family_hash"], first["profile"], int(first["protocol_version"]),
@@ -608,11 +716,85 @@ def families(df: pd.DataFrame, protocols: dict[str, dict]) -> list[Family]:
 
 
 def budget_line(p: dict) -> str:
+    if "steps" not in p and "max_train_samples" in p:  # protocol v2: the budget is a policy (policy_line)
+        line = f"Training (the same for every model): Adam, batch size {p.get('batch_size')}, lr {p.get('lr')}"
+        line += "".join(f"; {what} {p[k]}" for k, what in (("latent_dim", "latent size"), ("beta", "β =")) if k in p)
+        return line + f"; {p.get('n_train')} training tuples."
     line = (f"Budget (the same for every model): {p.get('steps')} Adam steps of batch size {p.get('batch_size')}, "
             f"lr {p.get('lr')}")
     if "prior_steps" in p:
         line += f"; ShaLa's prior stage {p.get('prior_steps')} steps, lr {p.get('prior_lr')}"
     return line + f"; latent size {p.get('latent_dim')}, β = {p.get('beta')}; {p.get('n_train')} training tuples."
+
+
+def budget_short(p: dict) -> str:
+    """The budget in the page header: steps (protocol v1) or the training-sample cap (v2)."""
+    if "steps" not in p and "max_train_samples" in p:
+        return f"≤ {p.get('max_train_samples')} training samples (validation plateau stop)"
+    return f"{p.get('steps')} steps"
+
+
+POLICY_KEYS = ("max_train_samples", "eval_every", "patience", "min_delta", "val_n")
+SELECTION_KEYS = ("selection", "selection_metric", "val_selection")  # the recipe's name for its selection metric
+
+
+def selection_of(p: dict, fr: pd.DataFrame) -> str:
+    """The validation selection metric: the recipe's, else what the records' stages say they selected on."""
+    for k in SELECTION_KEYS:
+        if p.get(k):
+            return f"`{p[k]}`"
+    said = sorted({s for s in fr.get("selection", pd.Series([], dtype=object)).dropna() if s})
+    return "; ".join(f"`{s}`" for s in said) if said else "(not recorded)"
+
+
+def policy_line(p: dict, fr: pd.DataFrame) -> str:
+    """The recipe's budget policy (protocol v2), or "" for a recipe without one."""
+    if not any(k in p for k in POLICY_KEYS):
+        return ""
+    g = {k: p.get(k, "?") for k in POLICY_KEYS}
+    return (f"Budget policy (the same for every model): each stage is evaluated every {g['eval_every']} training "
+            f"samples on {g['val_n']} validation tuples and stops at a plateau — when the validation selection "
+            f"metric {selection_of(p, fr)} has not improved by more than min_delta = {g['min_delta']} for patience = "
+            f"{g['patience']} evaluations — or at the budget of {g['max_train_samples']} training samples "
+            "(max_train_samples), whichever comes first; the best validation checkpoint is the one evaluated.")
+
+
+def convergence_lines(fr: pd.DataFrame) -> list[str]:
+    """Whether the runs of a family converged (a validation plateau before the budget), the runs that did not
+    (their rows' cells are marked), or that the family's records do not say."""
+    if "converged" not in fr or fr["converged"].isna().all():
+        return ["Convergence: not recorded for this family (its records were written before protocol v2 recorded "
+                f"`converged`); no cell is marked {UNCONVERGED_MARK}.", ""]
+    known = fr[fr["converged"].notna()]
+    bad = known[known["converged"] == 0.0]
+    unknown = len(fr) - len(known)
+    head = (f"Convergence: {len(known) - len(bad)} of {len(known)} records reached a validation plateau within the "
+            "budget" + (f"; {unknown} record{'' if unknown == 1 else 's'} did not record it (not marked)"
+                        if unknown else ""))
+    if bad.empty:
+        return [head + ".", ""]
+    rows = [[r.entry, str(int(r.M)), str(int(r.seed)),
+             "–" if math.isnan(r.run_train_samples) else f"{int(r.run_train_samples)}", r.budget_stages or "–"]
+            for r in bad.sort_values(["entry", "M", "seed"]).itertuples()]
+    return [head + f"; {len(bad)} did not (listed here; they stay in the means below, whose cells carry "
+            f"{UNCONVERGED_MARK}):", "",
+            _github(rows, ["model", "M", "seed", "train samples", "stopped at the budget"]), ""]
+
+
+def config_lines(fr: pd.DataFrame) -> list[str]:
+    """Each row's config hash and settings, where the records carry them (protocol v2)."""
+    if "config_hash" not in fr or not (fr["config_hash"] != "").any():
+        return []
+    rows = []
+    for (entry, h), g in fr.groupby(["entry", "config_hash"], sort=True):
+        cfg = next((c for c in g["config_json"] if c), "") if "config_json" in g else ""
+        settings = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in json.loads(cfg).items()) if cfg else "–"
+        rows.append([entry, f"`{h[:12]}`" if h else "(not recorded)", settings.replace("|", "\\|"),
+                     str(len(g))])
+    return ["Model configs (the settings of each model alone, as its records give them, and the config hash they "
+            "record; records of one model under different configs are different rows, named `model·<config hash>`, "
+            "never merged, and ranked with the other rows of their recipe):", "",
+            _github(rows, ["model", "config hash", "settings", "records"]), ""]
 
 
 def compute_line(fr: pd.DataFrame) -> str:
@@ -650,13 +832,143 @@ def chance_lines(fr: pd.DataFrame) -> list[str]:
     cond = "coherence_cond_bal_mean" if "coherence_cond_bal_mean" in bad and bad["coherence_cond_bal_mean"].notna().any() \
         else "coherence_cond_mean"
     cols = [c for c in (cond, "coherence_joint", "coherence_joint_kappa", "coherence_joint_majority") if c in bad]
-    rows = [[r.model, str(int(r.M)), str(int(r.seed))] + [_fmt(r, c) for c in cols]
+    rows = [[r.entry, str(int(r.M)), str(int(r.seed))] + [_fmt(r, c) for c in cols]
             + [", ".join(w for w, f in (("conditional at chance", r.at_chance),
                                         ("collapsed", getattr(r, "collapsed", False))) if f)]
-            for r in bad.sort_values(["model", "M", "seed"]).itertuples()]
+            for r in bad.sort_values(["entry", "M", "seed"]).itertuples()]
     return [head + f"{len(bad)} of {len(known)} records are not above chance or collapsed; they stay in the means "
             f"below, whose coherence cells carry {CHANCE_MARK}:", "",
             _github(rows, ["model", "M", "seed", *cols, "why"]), ""]
+
+
+# ----------------------------------------------------------------- validation learning curves (curves.csv)
+# The validation column of a learning curve: k = 1 conditional coherence, else the selection metric itself.
+VAL_COLUMNS = {"val_coherence_cond_k1": "coherence_cond_k1", "val_selection": None}
+
+
+@dataclass
+class RunCurve:
+    """The evaluations of one run, read from the curves.csv beside its record."""
+
+    entry: str
+    seed: int
+    converged: float  # 1.0 / 0.0 / NaN, as the frame's column
+    total: float  # the training samples of the run (the largest `samples` of its curve)
+    points: dict[str, tuple[np.ndarray, np.ndarray]]  # validation column -> (samples, values), by samples
+
+    def at_or_before(self, col: str, samples: float) -> float | None:
+        """The last evaluation at or before `samples` training samples (None when there is none)."""
+        xs, ys = self.points[col]
+        i = int(np.searchsorted(xs, samples, side="right"))
+        return float(ys[i - 1]) if i else None
+
+
+def read_curve(path: Path, warn=None) -> pd.DataFrame | None:
+    """A run's curves.csv as a frame; None, quietly, when there is none, or with a warning when it is unreadable or
+    has no `samples` column."""
+    from shala_bench.results import _warn
+
+    warn = warn or _warn
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        warn(f"skipped {path}: {e}")
+        return None
+    if "samples" not in df:
+        warn(f"skipped {path}: it has no `samples` column")
+        return None
+    return df
+
+
+def run_curves(part: pd.DataFrame, root: Path | None) -> list[RunCurve]:
+    """The curves of the records in `part` (one protocol), from <root>/<dataset>/<model>/<run_id>/curves.csv."""
+    from shala_bench.results import CURVES, run_dir
+
+    if root is None:
+        return []
+    out = []
+    for r in part.itertuples():
+        df = read_curve(run_dir(Path(root), r.dataset, r.model, r.run_id) / CURVES)
+        if df is None:
+            continue
+        samples = pd.to_numeric(df["samples"], errors="coerce")
+        points = {}
+        for col in VAL_COLUMNS:
+            if col in df:
+                ys = pd.to_numeric(df[col], errors="coerce")
+                ok = ys.notna() & samples.notna()
+                if ok.any():
+                    order = np.argsort(samples[ok].to_numpy(float), kind="stable")
+                    points[col] = (samples[ok].to_numpy(float)[order], ys[ok].to_numpy(float)[order])
+        if points and samples.notna().any():
+            out.append(RunCurve(r.entry, int(r.seed), float(r.converged), float(samples.max()), points))
+    return out
+
+
+def val_column(curves: list[RunCurve]) -> str | None:
+    """The validation column most curves have (k = 1 coherence before the selection metric on a tie)."""
+    counts = {col: sum(col in c.points for c in curves) for col in VAL_COLUMNS}
+    best = max(counts.values(), default=0)
+    return next((col for col, n in counts.items() if n == best), None) if best else None
+
+
+def curve_bands(curves: list[RunCurve], col: str) -> dict[str, tuple[list, list, list, list]]:
+    """entry -> (samples, mean, min, max) over its seeds: each seed interpolated linearly between its evaluations
+    at every evaluation point of any seed, within the range that seed trained over."""
+    out = {}
+    for entry in sorted({c.entry for c in curves}):
+        seeds = [c.points[col] for c in curves if c.entry == entry and col in c.points]
+        grid = sorted({float(x) for xs, _ in seeds for x in xs})
+        xs_, mean, lo, hi = [], [], [], []
+        for x in grid:
+            vals = [float(np.interp(x, xs, ys)) for xs, ys in seeds if xs[0] <= x <= xs[-1]]
+            if vals:
+                xs_.append(x)
+                mean.append(float(np.mean(vals)))
+                lo.append(min(vals))
+                hi.append(max(vals))
+        out[entry] = (xs_, mean, lo, hi)
+    return out
+
+
+def equal_compute(curves: list[RunCurve], col: str) -> tuple[float, dict[str, Cell]]:
+    """(s, entry -> Cell): each run's validation `col` at its last evaluation at or before s, the fewest training
+    samples any of these runs trained for; a run without an evaluation by then is left out."""
+    runs = [c for c in curves if col in c.points]
+    s = min(c.total for c in runs)
+    cells: dict[str, Cell] = {}
+    for entry in sorted({c.entry for c in runs}):
+        mine = [(c, c.at_or_before(col, s)) for c in runs if c.entry == entry]
+        mine = [(c, v) for c, v in mine if v is not None]
+        cells[entry] = Cell(tuple(v for _, v in mine), unconverged=sum(c.converged == 0.0 for c, _ in mine))
+    return s, cells
+
+
+def _selection_name(p: dict, fr: pd.DataFrame) -> str | None:
+    """The single metric the runs select on, if one (from the recipe, else from the records' stages)."""
+    for k in SELECTION_KEYS:
+        if isinstance(p.get(k), str) and p[k]:
+            return p[k]
+    said = {part.split(": ", 1)[-1] for s in fr.get("selection", pd.Series([], dtype=object)).dropna() if s
+            for part in s.split(", ")}
+    return said.pop() if len(said) == 1 else None
+
+
+def val_key(col: str, p: dict, fr: pd.DataFrame, catalog: Catalog):
+    """The MetricKey (its direction) of a validation column: the test metric it is the validation twin of; for
+    the selection metric, the metric the recipe selects on, where an installed metric declares it."""
+    name = VAL_COLUMNS.get(col) or _selection_name(p, fr)
+    if not name:
+        return None
+    return catalog.key(name) or (catalog.key(name.removeprefix("val_")) if name.startswith("val_") else None)
+
+
+def equal_compute_markdown(cells: dict[str, Cell], col: str, key) -> str:
+    a = arrow_of(key)
+    rows = [[entry, str(c.n), fmt_cell(c)] for entry, c in cells.items()]
+    return _github(rows, ["model", "seeds", f"validation {col} {a}".rstrip()])
 
 
 def _md_image(alt: str, rel: str) -> str:
@@ -664,16 +976,20 @@ def _md_image(alt: str, rel: str) -> str:
 
 
 def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
-                   catalog: Catalog | None = None) -> list[str]:
-    from shala_bench.plots import line_plot
+                   catalog: Catalog | None = None, curves_root: Path | None = None) -> list[str]:
+    """A protocol family's section: its recipe, compute, convergence and configs; the modality-scaling curves;
+    per M the leaderboard and, where the runs left a curves.csv beside their records (under `curves_root`), the
+    validation learning curves and the ranking at equal training compute."""
+    from shala_bench.plots import band_plot, line_plot
 
     catalog = catalog or Catalog()
     p, short = fam.protocol, fam.family_hash[:12]
     profile, version = fam.frame["profile"].iloc[0], int(fam.frame["protocol_version"].iloc[0])
     versions = fam.frame["metric_versions"].iloc[0] if "metric_versions" in fam.frame else ""
-    models = sorted(fam.frame["model"].unique())
-    compute = compute_line(fam.frame)
+    models = sorted(fam.frame["entry"].unique())
+    compute, policy = compute_line(fam.frame), policy_line(p, fam.frame)
     lines = [f"## Profile `{profile}`, protocol v{version}, family `{short}`", "", budget_line(p), "",
+             *([policy, ""] if policy else []),
              f"Metric versions: {versions} (every other metric v1)." if versions else
              "Metric versions: every metric v1.", "",
              *([compute, ""] if compute else []),
@@ -684,6 +1000,8 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
         part = fam.frame[fam.frame["M"] == M]
         rows.append([str(M), f"`{h[:12]}`", str(part["model"].nunique()), str(len(part))])
     lines += [_github(rows, ["M", "protocol hash", "models", "records"]), ""]
+    lines += convergence_lines(fam.frame)
+    lines += config_lines(fam.frame)
     lines += chance_lines(fam.frame)
 
     levels = fam.frame["chance_level"].dropna().unique() if "chance_level" in fam.frame else []
@@ -719,14 +1037,46 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
                   plot(cv, f"{cv.metric}-vs-k-M{M}", f"{name} ↑", what), "",
                   curve_markdown(cv, "k"), ""]
 
+    def learning(M: int) -> list[str]:
+        part = fam.frame[fam.frame["M"] == M]
+        runs = run_curves(part, curves_root)
+        col = val_column(runs)
+        if col is None:
+            return []
+        key = val_key(col, p, fam.frame, catalog)
+        a = arrow_of(key)
+        path = out / plots_rel / f"{short}-{col}-vs-samples-M{M}.png"
+        what = f"validation {col} vs training samples at M = {M}"
+        s, cells = equal_compute(runs, col)
+        band_plot(path, curve_bands(runs, col), xlabel="training samples", ylabel=f"validation {col} {a}".rstrip(),
+                  title=(f"{fam.dataset}, M = {M}: validation learning curve (mean, min–max over seeds)\n"
+                         f"profile {profile}, protocol v{version}, family {short}"),
+                  models=models, chance=chance if VAL_COLUMNS[col] else None, marker=".",
+                  xline=(s, "equal compute"))
+        written.append(path)
+        if _lower(key) is not None:
+            rank(cells, _lower(key))
+        with_col = sum(col in c.points for c in runs)
+        return [f"Validation learning curve (M = {M}): validation `{col}` against the training samples of the run, "
+                f"from the `curves.csv` beside each record ({with_col} of {len(part)} records have one): the mean "
+                "over seeds, each seed interpolated linearly between its evaluations within the range it trained "
+                "over, and the band from the lowest to the highest seed.", "",
+                _md_image(what, f"{plots_rel}/{path.name}"), "",
+                f"At equal training compute (M = {M}): validation `{col}` at {int(s)} training samples, the fewest "
+                "any of these runs trained for — each run's last evaluation at or before it (a run not yet "
+                "evaluated by then is left out). The table above ranks the selected checkpoints, each after its own "
+                "training; this one, the runs after the same number of training samples.", "",
+                equal_compute_markdown(cells, col, key), ""]
+
     lines += ["### Leaderboard per M", ""]
     for t in tables:
         lines += [f"#### M = {t.M} — protocol `{t.protocol_hash[:12]}`", "", table_markdown(t, p), ""]
+        lines += learning(t.M)
     return lines
 
 
 def dataset_page(ds: str, fams: list[Family], failed: list[RunRecord], out: Path, records_rel: str,
-                 written: list[Path], catalog: Catalog | None = None) -> str:
+                 written: list[Path], catalog: Catalog | None = None, curves_root: Path | None = None) -> str:
     lines = [f"# Leaderboard: {ds}", "",
              f"Generated by `shala-bench leaderboard` from the run records in [`{records_rel}/`]({records_rel}/) "
              "only; do not edit by hand.", ""]
@@ -734,12 +1084,13 @@ def dataset_page(ds: str, fams: list[Family], failed: list[RunRecord], out: Path
         fr = fam.frame
         hashes = ", ".join(f"M = {M} `{h[:12]}`" for M, h in fam.hashes.items())
         lines.append(f"- Profile `{fr['profile'].iloc[0]}`, protocol v{int(fr['protocol_version'].iloc[0])}, family "
-                     f"`{fam.family_hash[:12]}`: {fam.protocol.get('steps')} steps, batch size "
+                     f"`{fam.family_hash[:12]}`: {budget_short(fam.protocol)}, batch size "
                      f"{fam.protocol.get('batch_size')}, lr {fam.protocol.get('lr')}; {fr['model'].nunique()} models, "
                      f"{fr['seed'].nunique()} seeds; protocol hashes {hashes}.")
-    lines += ["", LEGEND, ""]
+    convergence = any(fam.frame["converged"].notna().any() for fam in fams if "converged" in fam.frame)
+    lines += ["", legend(convergence), ""]
     for fam in fams:
-        lines += family_section(fam, out, f"plots/{ds}", written, catalog)
+        lines += family_section(fam, out, f"plots/{ds}", written, catalog, curves_root)
     if failed:
         lines += ["## Failed runs", "", "Recorded, not shown in the tables above.", ""]
         rows = [[r.model, str(r.seed), str(r.n_modalities), f"`{r.protocol_hash[:12]}`", r.status]
@@ -779,6 +1130,9 @@ def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | N
                        records_dir: Path | None = None, registry=None) -> list[Path]:
     """Write <out>/<dataset>.md (+ plots/<dataset>/*.png) for each dataset, and <out>/README.md.
 
+    The validation learning curves come from the curves.csv beside each record under `records_dir`
+    (<dataset>/<model>/<run_id>/), where there is one; without `records_dir`, none are drawn.
+
     Deterministic: sorted order, no timestamps, PNGs without software/time metadata. Stale PNGs
     under <out>/plots/<dataset>/ from earlier runs are removed. With `dataset`, only that page
     (and the index, which always lists every dataset of `records`).
@@ -796,7 +1150,8 @@ def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | N
             continue
         plots: list[Path] = []
         failed = [r for r in records if r.dataset == ds and not r.ok and r.status != "running"]
-        text = dataset_page(ds, [f for f in fams if f.dataset == ds], failed, out, records_rel, plots, catalog)
+        text = dataset_page(ds, [f for f in fams if f.dataset == ds], failed, out, records_rel, plots, catalog,
+                            records_dir)
         for stale in sorted((out / "plots" / ds).glob("*.png")):
             if stale not in plots:
                 stale.unlink()
@@ -809,22 +1164,29 @@ def write_leaderboards(records: list[RunRecord], out_dir: Path, dataset: str | N
 
 
 # ----------------------------------------------------------------- collecting records
+def _copy_if_changed(src: Path, dest: Path) -> bool:
+    """Copy src to dest atomically unless dest already holds the same bytes; whether it copied."""
+    if dest.exists() and dest.read_bytes() == src.read_bytes():
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-collect")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dest)
+    return True
+
+
 def collect_records(results: Path, records_dir: Path) -> tuple[list[Path], list[Path]]:
     """Copy finished record.json files (ok and failed, not running) from a results folder into
-    <records_dir>/<dataset>/<model>/<run_id>/record.json. Returns (copied, unchanged)."""
-    from shala_bench.results import iter_record_files
+    <records_dir>/<dataset>/<model>/<run_id>/record.json, each with the curves.csv beside it where there is one
+    (the leaderboard's validation learning curves). Returns (copied, unchanged) records."""
+    from shala_bench.results import CURVES, iter_record_files
 
     copied, same = [], []
     for path, rec in iter_record_files(Path(results)):  # unreadable or inconsistent ones: skipped, with a warning
         if rec.status == "running":
             continue
         dest = Path(records_dir) / rec.dataset / rec.model / rec.run_id / RECORD
-        if dest.exists() and dest.read_bytes() == path.read_bytes():
-            same.append(dest)
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{RECORD}.tmp-collect")
-        shutil.copyfile(path, tmp)
-        tmp.replace(dest)
-        copied.append(dest)
+        if (path.parent / CURVES).is_file():
+            _copy_if_changed(path.parent / CURVES, dest.parent / CURVES)
+        (copied if _copy_if_changed(path, dest) else same).append(dest)
     return copied, same

@@ -40,9 +40,11 @@ def line_plot(path: Path, series: dict[str, tuple[list, list[float], list[float]
 
 def band_plot(path: Path, series: dict[str, tuple[list, list[float], list[float], list[float]]], *, xlabel: str,
               ylabel: str, title: str, models: list[str] | None = None, xticks: list | None = None,
-              chance: float | None = None, marker: str | None = "o") -> Path:
+              chance: float | None = None, marker: str | None = "o",
+              xline: tuple[float, str] | None = None) -> Path:
     """series: model -> (xs, means, lows, highs): a line through the means and a band from low to high
-    (drawn only where some band has width). As `line_plot`, whose bands are mean ± std."""
+    (drawn only where some band has width). As `line_plot`, whose bands are mean ± std. `xline`: (x, label),
+    a dotted vertical line at x."""
     import matplotlib.style
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -65,6 +67,8 @@ def band_plot(path: Path, series: dict[str, tuple[list, list[float], list[float]
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
         if chance is not None:
             ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+        if xline is not None:
+            ax.axvline(xline[0], color="black", linestyle=":", linewidth=1, label=xline[1])
         if xticks:
             ax.set_xticks(list(xticks))
         ax.set_xlabel(xlabel)
