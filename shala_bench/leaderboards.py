@@ -134,12 +134,15 @@ def family_hash(protocol: dict, metric_versions: dict | None = None) -> str:
 
 
 # ----------------------------------------------------------------- records -> frame
-META = ["dataset", "model", "entry", "config_hash", "config_short", "seed", "M", "profile", "protocol_version", "protocol_hash",
-        "metric_versions", "family_hash", "run_id", "chance_level", "at_chance", "collapsed", "converged",
+META = ["dataset", "model", "entry", "config_hash", "config_short", "seed", "M", "profile", "protocol_version",
+        "protocol_hash", "metric_versions", "family_hash", "run_id", "chance_level", "at_chance", "collapsed", "converged",
         "budget_stages", "selection", "config_json", "run_train_s", "run_eval_s", "run_train_samples",
         "run_train_pflop", "run_device", "run_threads"]
 # Compute columns of a per-M table (shown when recorded; never ranked): frame column -> header.
 COMPUTE_COLUMNS = {"run_train_samples": "samples to convergence", "run_train_pflop": "train PFLOP"}
+COMPUTE_NOTE = ("`samples to convergence`: the training samples of the run over all its stages (for a seed marked "
+                f"{UNCONVERGED_MARK}, the budget it hit); `train PFLOP`: its training compute as the record counts it, "
+                "in 10^15 FLOP; both are means over seeds, shown, never ranked.")
 SHORT_CONFIG = 6  # hex digits of a config hash in a row name (more where two configs of a model share them)
 VERSIONS_KEY = "metric_versions"  # evaluate.VERSIONS_KEY: {metric: version} in a record's metrics
 
@@ -598,7 +601,8 @@ def compare_csv(tables: list[Table]) -> str:
 def compare_json(tables: list[Table]) -> str:
     columns = {m: {"direction": k.direction if k else None, "description": k.description if k else None}
                for m, k in _union_keys(tables).items()}
-    return json.dumps({"legend": legend(any(t.convergence for t in tables)), "columns": columns, "tables": [t.to_dict() for t in tables]}, indent=2,
+    return json.dumps({"legend": legend(any(t.convergence for t in tables)), "columns": columns,
+                       "tables": [t.to_dict() for t in tables]}, indent=2,
                       ensure_ascii=False)
 
 
@@ -788,7 +792,8 @@ def config_lines(fr: pd.DataFrame) -> list[str]:
     rows = []
     for (entry, h), g in fr.groupby(["entry", "config_hash"], sort=True):
         cfg = next((c for c in g["config_json"] if c), "") if "config_json" in g else ""
-        settings = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in json.loads(cfg).items()) if cfg else "–"
+        settings = (", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in json.loads(cfg).items())
+                    if cfg else "–")
         rows.append([entry, f"`{h[:12]}`" if h else "(not recorded)", settings.replace("|", "\\|"),
                      str(len(g))])
     return ["Model configs (the settings of each model alone, as its records give them, and the config hash they "
@@ -1021,6 +1026,8 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
     shown.update(_union_keys(tables))
     if shown:
         lines += [columns_legend(shown), ""]
+    if any(t.compute for t in tables):
+        lines += [COMPUTE_NOTE, ""]
     if curves or kc:
         lines += ["### Modality scaling", ""]
     for cv in curves:

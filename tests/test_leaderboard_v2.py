@@ -17,7 +17,7 @@ import pytest
 
 from shala_bench import leaderboards as lb
 from shala_bench.cli import main
-from shala_bench.results import CURVES, RunRecord, load_records, run_id, write_record
+from shala_bench.results import CURVES, RunRecord, load_records, run_id
 from test_leaderboards import _hash, _tree, _write, rec
 
 # A fixed protocol-v2 recipe: a budget policy instead of a step count; β and the stage budgets are the models'.
@@ -154,11 +154,12 @@ def test_rows_of_one_model_under_different_configs_are_separate_and_ranked_toget
     lb.write_leaderboards(rs, tmp_path)
     page = (tmp_path / "toy.md").read_text()
     assert f"| mopoe·{hb} | `{_config_hash(b)[:12]}` | K=1, beta=2.5 | 3         |" in page
-    assert "Model configs" in page
+    assert "Model configs" in page and lb.COMPUTE_NOTE in page
 
 
 def test_config_hashes_that_share_their_first_digits_are_shown_longer():
-    assert sorted(lb.short_hashes(["3fa2c1" + "0" * 58, "1234567" + "0" * 57, ""]).values()) == ["123456", "3fa2c1", "?"]
+    short = lb.short_hashes(["3fa2c1" + "0" * 58, "1234567" + "0" * 57, ""])
+    assert sorted(short.values()) == ["123456", "3fa2c1", "?"]
     short = lb.short_hashes(["3fa2c1aa" + "0" * 56, "3fa2c1bb" + "0" * 56, "1234567" + "0" * 57])
     assert sorted(short.values()) == ["12345670", "3fa2c1aa", "3fa2c1bb"]
 
