@@ -18,7 +18,7 @@ from pathlib import Path
 from shala_bench.errors import RecordError
 
 RECORD = "record.json"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: converged, train_samples, best_step, train_flops, stages (issue 14)
 
 
 @dataclass
@@ -38,11 +38,20 @@ class RunRecord:
     hardware: dict = field(default_factory=dict)
     git_commit: str = ""
     versions: dict = field(default_factory=dict)
-    checkpoint: str = ""
+    checkpoint: str = ""  # the evaluated checkpoint, relative to the record: best.pt (older records: checkpoint.pt)
     artifacts: dict = field(default_factory=dict)
     restarts: int = 0
     created: str = ""
     record_version: int = RECORD_VERSION
+    # training to a plateau (issue 14; records before it lack these): whether every stage converged (stopped on
+    # patience, or its best evaluation came >= patience evaluations before its budget ran out; None: patience 0
+    # or no validation), the training samples seen, each stage's best step, the training FLOPs (one step counted
+    # by torch's FlopCounterMode, times the steps), and each stage's summary (trainer.Trainer._finish_stage)
+    converged: bool | None = None
+    train_samples: int = 0
+    best_step: dict = field(default_factory=dict)
+    train_flops: float = 0.0
+    stages: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
