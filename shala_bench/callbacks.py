@@ -58,7 +58,7 @@ class CurvesCallback(Callback):
 
         self.rows = []
         if path.exists() and (st.completed or st.stage):
-            old = pd.read_csv(path, float_precision="round_trip").to_dict("records")
+            old = pd.read_csv(path).to_dict("records")
             self.rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
                          for r in old if r.get("stage") in order and covered(r)]
 

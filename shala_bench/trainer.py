@@ -61,18 +61,22 @@ class TrainState:
     val_seconds: dict[str, float] = field(default_factory=dict)  # per stage, the part spent validating
     early: dict = field(default_factory=dict)  # early stopping of `stage` (fresh_early_stopping)
     summaries: dict[str, dict] = field(default_factory=dict)  # per finished stage (Trainer._finish_stage)
+    log_sums: dict[str, float] = field(default_factory=dict)  # loss terms summed since the last log row ...
+    log_n: int = 0  # ... over this many steps (so a resumed run's first row averages what an uninterrupted one's does)
 
     def to_dict(self) -> dict:
         return {"completed": list(self.completed), "stage": self.stage, "step": self.step,
                 "seconds": dict(self.seconds), "restarts": self.restarts, "val_seconds": dict(self.val_seconds),
-                "early": dict(self.early), "summaries": {k: dict(v) for k, v in self.summaries.items()}}
+                "early": dict(self.early), "summaries": {k: dict(v) for k, v in self.summaries.items()},
+                "log_sums": dict(self.log_sums), "log_n": self.log_n}
 
     @classmethod
     def from_dict(cls, s: dict, restarts: int) -> "TrainState":
         """A checkpoint's state (checkpoints written before early stopping lack its fields: empty)."""
         return cls(list(s["completed"]), s["stage"], int(s["step"]), dict(s["seconds"]), restarts,
                    dict(s.get("val_seconds", {})), dict(s.get("early", {})),
-                   {k: dict(v) for k, v in s.get("summaries", {}).items()})
+                   {k: dict(v) for k, v in s.get("summaries", {}).items()}, dict(s.get("log_sums", {})),
+                   int(s.get("log_n", 0)))
 
 
 def fresh_early_stopping() -> dict:
@@ -324,8 +328,12 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=p.bf16)
         # protocol.compile (off by default, recorded): the model's loss through torch.compile
         loss_fn = torch.compile(self.model.loss) if p.compile else self.model.loss
-        sums: dict[str, torch.Tensor] = {}  # loss terms summed on the device since the last log row
-        n_summed, t_log, val_at_log = 0, time.perf_counter(), 0.0
+        # loss terms summed on the device since the last log row (a resumed stage: what its checkpoint had summed)
+        sums = {k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in self.state.log_sums.items()}
+        n_summed = self.state.log_n if start > 0 else 0
+        if start == 0:
+            sums = {}
+        n_timed, t_log, val_at_log = 0, time.perf_counter(), 0.0
         flops_per_step = None
         try:
             for step in range(start, steps):
@@ -345,6 +353,7 @@ class Trainer:
                     v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
                     sums[k] = sums[k] + v if k in sums else v
                 n_summed += 1
+                n_timed += 1
                 self.state.step = step + 1
                 last = step + 1 == steps
                 is_log = (step + 1) % p.log_every == 0 or last
@@ -358,8 +367,8 @@ class Trainer:
                     row = {"stage": stage, "step": step + 1, "samples": self.samples_seen,
                            **{k: v for k, v in zip(sums, means) if k != "loss"}, "loss": means[list(sums).index("loss")],
                            "lr": self.optimizer.param_groups[0]["lr"],
-                           "samples_per_s": round(n_summed * bs / elapsed, 3) if elapsed > 0 else None}
-                    sums, n_summed, t_log, val_at_log = {}, 0, now_t, self._val_s
+                           "samples_per_s": round(n_timed * bs / elapsed, 3) if elapsed > 0 else None}
+                    sums, n_summed, n_timed, t_log, val_at_log = {}, 0, 0, now_t, self._val_s
                     bar.set_postfix(loss=f"{row['loss']:.1f}", refresh=False)
                     self._call("on_log", row)
                 plateau = self._evaluate(stage, budget.selection, p) if is_eval else False
@@ -370,6 +379,7 @@ class Trainer:
                         raise NonFiniteLoss(int(first_bad), stage)
                     self.state.seconds[stage] = done_before + time.perf_counter() - t_stage
                     self.state.val_seconds[stage] = val_before + self._val_s
+                    self.state.log_sums, self.state.log_n = {k: float(v) for k, v in sums.items()}, n_summed
                     if end:
                         summary = self._finish_stage(stage, budget, metric, plateau, validating,
                                                      flops_per_step or 0.0)
