@@ -28,6 +28,13 @@ def test_smoke_run_writes_a_complete_record(results):
     assert rec.timings["train_s"] > 0 and rec.timings["train_samples_per_s"] > 0
     assert [r.run_id for r in load_records(results)] == [rec.run_id]
     assert rec.metrics["coherence_cond_chance"] == pytest.approx(0.1)  # ten digits
+    # trained to the smoke budget (patience 0: convergence not judged), evaluated from its best weights
+    assert rec.checkpoint == "best.pt" and (path.parent / "best.pt").is_file() and (path.parent / "curves.csv").is_file()
+    assert rec.train_samples == 192 and rec.converged is None and rec.train_flops > 0
+    s = rec.stages["vae"]
+    assert rec.best_step == {"vae": s["best_step"]} and s["best_step"] in (3, 6) and s["evaluations"] == 2
+    assert (s["stop_reason"], s["selection"], s["samples"]) == ("budget", "val_coherence_cond_bal_k1", 192)
+    assert on_disk["stages"]["vae"] == s and rec.timings["val_s"] >= 0
 
 
 def test_a_run_reports_its_stage_and_step_while_it_trains_then_that_it_evaluates(tmp_path):
