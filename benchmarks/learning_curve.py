@@ -1,21 +1,22 @@
-"""Coherence against training steps: the tool for sizing a profile's budget (a benchmark, not a test).
+"""Coherence against training samples: the tool for sizing a profile's budget (a benchmark, not a test).
 
     python benchmarks/learning_curve.py --model mopoe --steps 1000 --every 250
     python benchmarks/learning_curve.py --model mmvae --steps 1500 --set batch_size=8
-    python benchmarks/learning_curve.py --from runs/polymnist-synth/mmvae+/seed0-M8-c64fcc383f13 --steps 1600 --every 800
+    python benchmarks/learning_curve.py --model shala --steps 2400 --every 600 --set patience=3
 
-Trains one model with the profile's optimiser and batches (the Trainer's own BatchStream)
-and, every `--every` steps, prints one JSON line: the training seconds so far and the
-conditional coherence at k = 1 and k = M-1 and the joint coherence, on `--eval-n` test
-tuples with the harness's cached classifiers. Only the first stage is trained, so a
-two-stage model (ShaLa) is refused: curve its stage-1 ablation (shala-noprior). A budget
-is large enough when every model's k = 1 coherence has left chance (1/C) by its last
-step; the profile comments quote what this printed.
+Trains one model with the harness's own Trainer — every stage (ShaLa's prior stage too), each for
+at most `--steps` steps of the profile's batch size (max_train_samples and prior_max_samples =
+steps x batch), validated every `--every` steps (eval_every) — and a callback that, at each
+validation, also prints one JSON line: the stage, step, samples, the seconds spent so far
+(this script's own test evaluations excluded), the validation selection value, and the
+conditional coherence at k = 1 and k = M-1 and the joint coherence on `--eval-n` test tuples with
+the harness's cached classifiers (noise in a forked RNG, so printing the curve never changes the
+training). The patience is 0 unless `--set patience=N` asks for plateau stopping. A budget is large
+enough when every model's k = 1 coherence has left chance (1/C) and its validation value has
+flattened by its last step; the profile comments quote what this printed.
 
-`--from RUN` continues a finished single-stage run past its budget instead: the run's
-protocol, its checkpoint's weights and Adam state, and the batches the Trainer would have
-drawn next; it prints the curve from the run's last step (first line: the run as it
-ended), so a run that ended at chance shows how many more steps it needed.
+(Before issue 14 a `--from RUN` option continued a finished run past its budget; a checkpoint now
+belongs to its protocol's budget, so train with a larger --steps and read the curve instead.)
 """
 
 from __future__ import annotations
@@ -30,10 +31,35 @@ import torch
 
 from shala_bench.evaluate import EvalContext
 from shala_bench.metrics.coherence import conditional_coherence, joint_coherence
-from shala_bench.protocol import make_protocol, parse_overrides, trained_fields
+from shala_bench.protocol import make_protocol, parse_overrides
 from shala_bench.registry import get_registry
-from shala_bench.results import RECORD, read_record
-from shala_bench.trainer import BatchStream, load_checkpoint, make_optimizer
+from shala_bench.trainer import Callback, Trainer
+from shala_bench.validation import Validator
+
+
+class PrintCurve(Callback):
+    """At every validation: test-split coherences of the current weights, as one JSON line."""
+
+    def __init__(self, ctx: EvalContext, model_name: str, seed: int):
+        self.ctx, self.model_name, self.seed = ctx, model_name, seed
+        self.t0, self.own_s = time.perf_counter(), 0.0
+
+    def on_eval(self, trainer, row: dict) -> None:
+        t = time.perf_counter()
+        model, M = trainer.model, trainer.protocol.n_modalities
+        was = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.seed + 10_000)
+            c = conditional_coherence(self.ctx)
+            j = joint_coherence(self.ctx)
+        model.train(was)
+        print(json.dumps({"model": self.model_name, "M": M, "batch": trainer.batch_size, "stage": row["stage"],
+                          "step": row["step"], "samples": row["samples"],
+                          "s": round(t - self.t0 - self.own_s, 1), "val_selection": round(row["val_selection"], 4),
+                          "k1": round(c["coherence_cond_k1"], 3), f"k{M - 1}": round(c[f"coherence_cond_k{M - 1}"], 3),
+                          "joint": round(j["coherence_joint"], 3)}), flush=True)
+        self.own_s += time.perf_counter() - t
 
 
 def main() -> None:
@@ -41,67 +67,29 @@ def main() -> None:
     ap.add_argument("--model", default="mopoe")
     ap.add_argument("--dataset", default="polymnist-synth")
     ap.add_argument("--profile", default="quick")
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=1000, help="step budget of each stage (x batch = its samples)")
+    ap.add_argument("--every", type=int, default=250, help="steps between validations (and printed lines)")
     ap.add_argument("--eval-n", type=int, default=300, help="test tuples per coherence estimate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override KEY=VALUE")
-    ap.add_argument("--from", dest="from_run", metavar="RUN",
-                    help="continue this finished run (folder) for --steps more steps; --model, --dataset, --profile, "
-                         "--seed and --set come from its record")
     args = ap.parse_args()
 
     reg = get_registry()
-    evaluation = {"eval_n": args.eval_n, "joint_n": 2 * args.eval_n}
-    ck = None
-    if args.from_run:
-        rec = read_record(Path(args.from_run) / RECORD)
-        ck = load_checkpoint((Path(args.from_run) / rec.checkpoint).resolve())
-        args.model, args.dataset, args.profile, args.seed = rec.model, rec.dataset, rec.profile, rec.seed
-        over = trained_fields(rec.protocol)
-    else:
-        over = parse_overrides(args.overrides)
     ds = reg.get_dataset(args.dataset)
-    p = make_protocol(ds, args.profile, {**over, **evaluation})
+    over = parse_overrides(args.overrides)
+    batch = make_protocol(ds, args.profile, over).batch_size
+    budget = {"max_train_samples": args.steps * batch, "prior_max_samples": args.steps * batch,
+              "eval_every": args.every * batch, "patience": 0}
+    p = make_protocol(ds, args.profile, {**budget, **over, "eval_n": args.eval_n, "joint_n": 2 * args.eval_n})
     data = ds.loader(p, None)
     torch.manual_seed(args.seed)
     model = reg.get_model(args.model).factory(data.spec, p)
-    if len(model.stages) > 1:
-        raise SystemExit(f"error: {args.model} trains stages {model.stages}; this script trains only the first "
-                         "(curve its stage-1 ablation, e.g. shala-noprior)")
-    stream = BatchStream(data.splits["train"], p.batch_size, args.seed, 0, "cpu")
-    opt = make_optimizer(model.stage_parameters("vae"), p.lr)
-    start = 0
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        start = int(ck["state"]["step"])
-    M, train_s = p.n_modalities, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         # one context for the whole curve: it holds the model by reference and loads the classifiers once
         ctx = EvalContext(model, p, data, torch.device("cpu"), Path(tmp), args.seed)
-        t0 = time.perf_counter()
-        for s in range(start, start + args.steps + 1):
-            if s > start:  # step s-1 of the Trainer's numbering: the batch it would draw
-                model.train()
-                loss, _ = model.loss(stream.batch(s - 1), "vae")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            at_start, due = s == start, (s - start) % args.every == 0 or s == start + args.steps
-            if (at_start and ck is None) or not (at_start or due):
-                continue
-            train_s += time.perf_counter() - t0
-            model.eval()
-            with torch.no_grad():
-                c = conditional_coherence(ctx)
-                j = joint_coherence(ctx)
-            print(json.dumps({"model": args.model, "M": M, "batch": p.batch_size, "step": s,
-                              "train_s": round(train_s, 1), "k1": round(c["coherence_cond_k1"], 3),
-                              f"k{M - 1}": round(c[f"coherence_cond_k{M - 1}"], 3),
-                              "joint": j["coherence_joint"]}), flush=True)
-            t0 = time.perf_counter()
+        validator = Validator(data, p, ds.selection, "cpu", None, args.seed)
+        Trainer(model, p, data.splits["train"], Path(tmp), args.seed, progress=False,
+                callbacks=[PrintCurve(ctx, args.model, args.seed)], validator=validator).fit()
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def measure_cell(reg, ds, profile: str, model_name: str, M: int, batch: int, ste
     base = make_protocol(ds, profile, {**overrides, "n_modalities": M, "batch_size": batch})
     data = ds.loader(base, None)
     # a trial writes one checkpoint (its last step); its cost is timed and amortised over checkpoint_every
-    p = make_protocol(ds, profile, {**overrides, "n_modalities": M, "batch_size": batch, "steps": steps,
+    # the Trainer gets no validator (no evaluations); its one FLOP-counting step per stage is part of its cost
+    p = make_protocol(ds, profile, {**overrides, "n_modalities": M, "batch_size": batch,
+                                    "max_train_samples": steps * batch,
                                     "checkpoint_every": max(steps, base.checkpoint_every),
                                     "log_every": min(base.log_every, steps)})
     entry = reg.get_model(model_name)

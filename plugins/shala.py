@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from shala_bench.backbones import make_decoders, make_encoders
-from shala_bench.contract import MultimodalVAE
+from shala_bench.contract import MultimodalVAE, StageBudget
 from shala_bench.distributions import kl_to_standard_normal, reparameterize
 from shala_bench.hookspecs import hookimpl
 from shala_bench.plugins.latent_diffusion import Denoiser, GaussianDiffusion
@@ -105,6 +105,14 @@ class ShaLaVAE(MultimodalVAE):
         elbo, rec, kl = self.elbo(batch, mu, logvar, self.protocol.beta, observed=S)
         logs = {"rec": rec.mean().detach(), "kl": kl.mean().detach(), "frac_joint": S.all(1).float().mean()}
         return -elbo.mean(), logs
+
+    def stage_budget(self, stage):
+        p = self.protocol
+        if stage == "prior":
+            return StageBudget(p.prior_max_samples, p.prior_lr, "dataset")
+        # stage 1 of a two-stage variant cannot generate through its prior yet: select it on its own validation
+        # bound (shala-noprior, stage 1 alone, generates from N(0, I) and selects on the dataset's metric)
+        return StageBudget(p.max_train_samples, p.lr, "loss" if len(self.stages) > 1 else "dataset")
 
     def negative_bound(self, batch):
         mu, logvar = self.posterior(batch)

@@ -24,7 +24,7 @@ COMMANDS = ["run", "eval", "reproduce", "list", "compare", "leaderboard", "data"
 EPILOG = """examples:
   shala-bench list
   shala-bench run --model mvae                      # polymnist-synth, quick profile, seed 0
-  shala-bench run --model mvae --profile smoke --set steps=20 --seed 1
+  shala-bench run --model mvae --profile smoke --set max_train_samples=640 --seed 1
   shala-bench compare                               # tables of every record under runs/
 """
 

@@ -10,6 +10,7 @@ Batches are ``dict[modality, Tensor]`` of floats (images in [0, 1]); ``encode`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -19,6 +20,21 @@ from shala_bench.data.spec import DatasetSpec
 from shala_bench.distributions import laplace_log_prob
 from shala_bench.errors import ProtocolError
 from shala_bench.protocol import Protocol
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    """How one training stage is budgeted: at most `max_samples` training samples at learning rate `lr`,
+    its best weights chosen by `selection`: "dataset" (the dataset's validation selection metric,
+    DatasetEntry.selection) or "loss" (the stage's own validation bound, for a stage that cannot generate yet)."""
+
+    max_samples: int
+    lr: float
+    selection: str = "dataset"
+
+    def __post_init__(self):
+        if self.selection not in ("dataset", "loss"):
+            raise ValueError(f"StageBudget.selection must be 'dataset' or 'loss', got {self.selection!r}")
 
 
 class MultimodalVAE(nn.Module):
@@ -61,6 +77,12 @@ class MultimodalVAE(nn.Module):
 
     def begin_stage(self, stage: str) -> None:
         """Called before a stage trains (e.g. to freeze the stage-1 networks)."""
+
+    def stage_budget(self, stage: str) -> StageBudget:
+        """The budget of `stage`, read by the trainer (default: the protocol's shared one for "vae")."""
+        if stage == "vae":
+            return StageBudget(self.protocol.max_train_samples, self.protocol.lr, "dataset")
+        raise ProtocolError(f"{type(self).__name__} declares no budget for its stage {stage!r}: override stage_budget")
 
     def negative_bound(self, batch: dict[str, Tensor]) -> Tensor:
         """Per-sample negative value of the model's bound on log p(x_1..x_M) (for the test-set metric)."""

@@ -46,6 +46,7 @@ from shala_bench.cluster import ClusterError, ClusterProfile
 from shala_bench.errors import ShalaBenchError
 from shala_bench.launch import RunSpec
 from shala_bench.results import atomic_write_text, now
+from shala_bench.trainer import Callback
 
 EXECUTORS = ("inline", "local", "slurm")
 CELLS = "cells"  # <sweep>/cells/<index>.json: what the task last said about itself
@@ -151,7 +152,7 @@ class CellTask(submitit.helpers.Checkpointable):
         self._report(cell, state="running", job=job, host=socket.gethostname(), pid=os.getpid(), threads=threads,
                      started=now(), resume=cell.spec.resume)
         try:
-            record = run_one(cell.spec, trainer_hook=self._attach)
+            record = run_one(cell.spec, callbacks=[PreemptionCallback(self)])
         except Preempted:
             self._report(cell, state="requeued", job=job)
             self._hand_over()  # submitit: checkpoint() -> requeue -> exit; returns only if it would not requeue
@@ -165,6 +166,8 @@ class CellTask(submitit.helpers.Checkpointable):
         except BaseException as e:
             self._report(cell, state="failed", job=job, error=error_line(e))
             raise
+        finally:
+            self._in_fit = False  # a fit that raised never reached on_fit_end
         path = prepare(cell.spec).dir / "record.json"
         self._report(cell, state="done" if record.ok else "failed", job=job, record=str(path),
                      error=None if record.ok else record.status, restarts=record.restarts)
@@ -200,23 +203,6 @@ class CellTask(submitit.helpers.Checkpointable):
                   flush=True)
             self._scheduler_handler(signum, frame)
 
-    def _attach(self, trainer) -> None:
-        """launch.run_one's trainer_hook: watch the trainer while it fits."""
-        self._trainer = trainer
-        fit = trainer.fit
-
-        def fit_watched(*args, **kwargs):
-            self._in_fit = True
-            try:
-                state = fit(*args, **kwargs)
-            finally:
-                self._in_fit = False
-            if self._deferred is not None:  # the signal came during the last step: training is complete
-                self._hand_over()
-            return state
-
-        trainer.fit = fit_watched
-
     def _hand_over(self) -> None:
         if self._scheduler_handler is not None and self._deferred is not None:
             signum, self._deferred = self._deferred, None
@@ -230,6 +216,23 @@ class CellTask(submitit.helpers.Checkpointable):
         before = read_cell_state(cell.sweep_dir, cell.index) if state.get("state") != "running" else {}
         state = {**before, "index": cell.index, "updated": now(), **state}
         atomic_write_text(cell_state_path(cell.sweep_dir, cell.index), json.dumps(state, indent=1, sort_keys=True) + "\n")
+
+
+class PreemptionCallback(Callback):
+    """The CellTask's view of the trainer: while it fits, a preemption signal sets `trainer.stop_requested`
+    (the trainer checkpoints at the end of that step and raises Preempted); a signal during the last step is
+    handed to submitit once fit has finished."""
+
+    def __init__(self, task: CellTask):
+        self.task = task
+
+    def on_fit_start(self, trainer) -> None:
+        self.task._trainer, self.task._in_fit = trainer, True
+
+    def on_fit_end(self, trainer) -> None:
+        self.task._in_fit = False
+        if self.task._deferred is not None:  # the signal came during the last step: training is complete
+            self.task._hand_over()
 
 
 # ---------------------------------------------------------------- executors

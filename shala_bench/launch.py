@@ -19,7 +19,7 @@ from shala_bench.errors import ProtocolError, ShalaBenchError
 from shala_bench.protocol import make_protocol
 from shala_bench.results import (RunRecord, git_commit, hardware, now, package_versions, run_dir, run_id,
                                  write_record)
-from shala_bench.trainer import NonFiniteLoss, Preempted, Trainer, stage_budget, write_progress
+from shala_bench.trainer import BEST, NonFiniteLoss, Preempted, Trainer, write_progress
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class RunSpec:
     cache_dir: str | None = None
     inception_weights: str | None = None  # local Inception file for FID (not part of the protocol)
     threads: int | None = None  # torch threads; None: leave torch's setting (the CLI passes default_threads())
+    loggers: tuple[str, ...] = ()  # extra training loggers besides curves.csv: ("tensorboard",) (`--log`)
 
     def with_(self, **kw) -> "RunSpec":
         return dataclasses.replace(self, **kw)
@@ -69,6 +70,9 @@ def prepare(spec: RunSpec, registry=None) -> Prepared:
         raise ProtocolError(f"--seed {spec.seed}: a training seed must be >= 0")
     if spec.threads is not None and spec.threads < 1:
         raise ProtocolError(f"--threads {spec.threads}: must be >= 1")
+    from shala_bench.callbacks import make_loggers
+
+    make_loggers(spec.loggers)  # an unknown logger, or tensorboard not installed: one line, before anything runs
     model_entry = reg.get_model(spec.model)
     ds_entry = reg.get_dataset(spec.dataset)
     protocol = make_protocol(ds_entry, spec.profile, dict(spec.overrides))
@@ -83,14 +87,15 @@ def restarts(trainer: Trainer) -> int:
     return max(trainer.state.restarts, int(os.environ.get("SLURM_RESTART_COUNT") or 0))
 
 
-def run_one(spec: RunSpec, registry=None, trainer_hook=None) -> RunRecord:
+def run_one(spec: RunSpec, registry=None, callbacks=()) -> RunRecord:
     """Train and evaluate one cell; returns its record (also written to disk). progress.json beside it ends as
-    `done` or `failed` (with the reason)."""
+    `done` or `failed` (with the reason). `callbacks` (trainer.Callback) join the harness's own (progress file,
+    curves.csv, the `loggers`), e.g. the SLURM task's preemption handler."""
     prep = prepare(spec, registry)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     try:
-        return _run_prepared(prep, spec, registry, trainer_hook)
+        return _run_prepared(prep, spec, registry, callbacks)
     except Preempted:
         raise  # requeued: progress.json keeps the step the checkpoint has
     except (Exception, KeyboardInterrupt) as e:
@@ -124,7 +129,7 @@ def _record_failure(record: RunRecord, trainer: Trainer, run_dir: Path, where: s
     write_record(record, run_dir)
 
 
-def _run_prepared(prep: Prepared, spec: RunSpec, registry, trainer_hook) -> RunRecord:
+def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunRecord:
     from shala_bench.evaluate import evaluate
 
     p, dev = prep.protocol, prep.device
@@ -137,11 +142,19 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, trainer_hook) -> RunR
         run_id=prep.dir.name, model=spec.model, dataset=spec.dataset, seed=spec.seed, n_modalities=p.n_modalities,
         profile=spec.profile, protocol_hash=p.hash, protocol=p.to_dict(), status="running",
         n_params=sum(q.numel() for q in model.parameters()), hardware=hardware(dev), git_commit=git_commit(),
-        versions=package_versions(), checkpoint="checkpoint.pt", created=now(),
+        versions=package_versions(), checkpoint=BEST, created=now(),
     )
-    trainer = Trainer(model, p, data.splits["train"], prep.dir, spec.seed, dev, progress=spec.progress)
-    if trainer_hook is not None:  # e.g. the SLURM task installs its preemption handler here
-        trainer_hook(trainer)
+    from shala_bench.callbacks import CurvesCallback, ProgressCallback, make_loggers
+    from shala_bench.validation import Validator
+
+    validator = Validator(data, p, prep.dataset_entry.selection, dev, spec.cache_dir, spec.seed)
+    t0 = time.perf_counter()
+    if validator.enabled and validator.dataset_selection != "bound":
+        validator.classifiers()  # the judges (cached; trained on first use) before training, not timed with it
+    t_judges = time.perf_counter() - t0
+    harness = [ProgressCallback(), CurvesCallback(), *make_loggers(spec.loggers)]
+    trainer = Trainer(model, p, data.splits["train"], prep.dir, spec.seed, dev, progress=spec.progress,
+                      callbacks=[*harness, *callbacks], validator=validator)
     try:
         state = trainer.fit(resume=spec.resume)
     except NonFiniteLoss as e:
@@ -168,13 +181,23 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, trainer_hook) -> RunR
         _record_failure(record, trainer, prep.dir, "evaluation: ", e)
         raise
     eval_s = time.perf_counter() - t1
-    n_seen = {s: stage_budget(p, s)[0] * p.batch_size for s in model.stages}
+    stages = {s: state.summaries[s] for s in model.stages}
+    val_s = sum(state.val_seconds.values())
+    record.train_samples = sum(int(v["samples"]) for v in stages.values())
+    record.best_step = {s: v["best_step"] for s, v in stages.items()}
+    record.train_flops = float(sum(v["train_flops"] for v in stages.values()))
+    record.stages = stages
+    conv = [v["converged"] for v in stages.values()]
+    record.converged = None if any(c is None for c in conv) else all(conv)
     record.metrics = metrics
     record.timings = {
         "data_s": round(t_data, 3),
+        "judges_s": round(t_judges, 3),
         **{f"train_{s}_s": round(v, 3) for s, v in state.seconds.items()},
         "train_s": round(train_s, 3),
-        "train_samples_per_s": round(sum(n_seen.values()) / train_s, 1) if train_s > 0 else None,
+        "val_s": round(val_s, 3),  # validation during training, part of train_s
+        # training throughput: the samples the stages actually saw, over their time spent training (not validating)
+        "train_samples_per_s": round(record.train_samples / (train_s - val_s), 1) if train_s - val_s > 0 else None,
         "eval_s": round(eval_s, 3),
         "eval_fraction_of_train": round(eval_s / train_s, 4) if train_s > 0 else None,
         **eval_timings,

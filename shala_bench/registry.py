@@ -38,6 +38,17 @@ class DatasetEntry:
     coherence_chance: float | None = None
     # Where its official files come from (shala_bench.data.sources.DatasetSource): `shala-bench data sources`.
     source: Any = None
+    # The validation metric a stage's early stopping maximises (shala_bench.validation): "coherence_cond_k1"
+    # (balanced accuracy of the judge classifiers on modalities generated from one given modality) or "bound"
+    # (minus the model's validation bound: for multi-label data, or modalities without a classifier).
+    selection: str = "coherence_cond_k1"
+
+    def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"DatasetEntry {self.name!r}: selection {self.selection!r} is not one of {SELECTIONS}")
+
+
+SELECTIONS = ("coherence_cond_k1", "bound")
 
 
 DIRECTIONS = ("higher", "lower", None)  # None: recorded, not ranked (a count, a chance level, a name)

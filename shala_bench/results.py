@@ -19,7 +19,7 @@ from shala_bench.errors import RecordError
 
 RECORD = "record.json"
 CURVES = "curves.csv"  # beside record.json: one row per log (and evaluation) step of the run
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: converged, train_samples, best_step, train_flops, stages (issue 14)
 
 
 @dataclass
@@ -39,19 +39,22 @@ class RunRecord:
     hardware: dict = field(default_factory=dict)
     git_commit: str = ""
     versions: dict = field(default_factory=dict)
-    checkpoint: str = ""
+    checkpoint: str = ""  # the evaluated checkpoint, relative to the record: best.pt (older records: checkpoint.pt)
     artifacts: dict = field(default_factory=dict)
     restarts: int = 0
-    # protocol v2 (optional: records written before it lack them and read as these defaults)
-    converged: bool | None = None  # None: not recorded
-    train_samples: int = 0  # training samples over the whole run (every stage)
-    best_step: dict = field(default_factory=dict)  # stage -> step of the kept (best) checkpoint
-    train_flops: float = 0.0
-    stages: dict = field(default_factory=dict)  # stage -> {converged, best_step, samples, evaluations, stop, selection}
     config: dict = field(default_factory=dict)  # the model's own settings
     config_hash: str = ""  # sha256 hex of the config's canonical JSON
     created: str = ""
     record_version: int = RECORD_VERSION
+    # training to a plateau (issue 14; records before it lack these): whether every stage converged (stopped on
+    # patience, or its best evaluation came >= patience evaluations before its budget ran out; None: patience 0
+    # or no validation), the training samples seen, each stage's best step, the training FLOPs (one step counted
+    # by torch's FlopCounterMode, times the steps), and each stage's summary (trainer.Trainer._finish_stage)
+    converged: bool | None = None
+    train_samples: int = 0
+    best_step: dict = field(default_factory=dict)
+    train_flops: float = 0.0
+    stages: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -74,10 +74,12 @@ class Grid:
     device: str = "auto"
     resume: bool = True  # continue from a checkpoint an earlier attempt left (a requeued task always does)
     inception_weights: str | None = None  # local Inception file for FID (not part of the protocol)
+    loggers: tuple[str, ...] = ()  # training loggers besides curves.csv (`--log tensorboard`)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["overrides"] = dict(self.overrides)
+        d["loggers"] = list(self.loggers)
         return d
 
     @classmethod
@@ -85,7 +87,8 @@ class Grid:
         return cls(models=tuple(d["models"]), dataset=d["dataset"], seeds=tuple(d["seeds"]),
                    modalities=tuple(d.get("modalities", ())), profile=d["profile"],
                    overrides=tuple(d.get("overrides", {}).items()), device=d.get("device", "auto"),
-                   resume=bool(d.get("resume", True)), inception_weights=d.get("inception_weights"))
+                   resume=bool(d.get("resume", True)), inception_weights=d.get("inception_weights"),
+                   loggers=tuple(d.get("loggers", ())))
 
     def specs(self, results: str | Path, cache_dir: str | None = None) -> list[RunSpec]:
         """One RunSpec per cell, in the order models x n_modalities x seeds."""
@@ -99,7 +102,7 @@ class Grid:
                     out.append(RunSpec(model=model, dataset=self.dataset, profile=self.profile, seed=seed,
                                        overrides=tuple(self.overrides) + extra, results=str(results), resume=self.resume,
                                        device=self.device, progress=False, cache_dir=cache_dir,
-                                       inception_weights=self.inception_weights))
+                                       inception_weights=self.inception_weights, loggers=self.loggers))
         return out
 
 
@@ -154,7 +157,8 @@ class Manifest:
         extra = (("n_modalities", c["n_modalities"]),) if g.modalities else ()
         return RunSpec(model=c["model"], dataset=g.dataset, profile=g.profile, seed=c["seed"],
                        overrides=tuple(g.overrides) + extra, results=self.results, resume=g.resume, device=g.device,
-                       progress=False, cache_dir=self.cache_dir, inception_weights=g.inception_weights)
+                       progress=False, cache_dir=self.cache_dir, inception_weights=g.inception_weights,
+                       loggers=g.loggers)
 
     def latest(self, index: int) -> Submission | None:
         """The last submission that included this cell."""

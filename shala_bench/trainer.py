@@ -1,15 +1,22 @@
-"""The trainer: runs a model's stages in order, with checkpoints, exact resume and NaN guards.
+"""The trainer: runs a model's stages in order, each to its budget or a validation plateau, with
+checkpoints, exact resume, NaN guards and callbacks.
 
 Determinism: the batch of step s is a pure function of (seed, stage, s) — each epoch is a
 seeded permutation — so a resumed run draws exactly the batches an uninterrupted one
 would. The model's own noise comes from torch's global RNG, whose state is saved in every
-checkpoint. The loss is checked for NaN/inf on the device and read back only at log and
-checkpoint steps, so the hot loop has no per-step host sync.
+checkpoint; validation runs in a forked RNG (shala_bench.validation), so it never shifts that
+stream, and the early-stopping state is checkpointed too. The loss is checked for NaN/inf on
+the device and read back only at log, evaluation and checkpoint steps, so the hot loop has no
+per-step host sync.
+
+Callbacks (`Callback`; shala_bench.callbacks has the curves, TensorBoard and progress-file ones)
+are called at fixed points: on_fit_start, on_log, on_eval, on_stage_end, on_checkpoint, on_fit_end.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,7 +31,8 @@ from shala_bench.errors import CheckpointError
 from shala_bench.protocol import Protocol
 from shala_bench.results import atomic_write_text, now
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # the last state, for resume
+BEST = "best.pt"  # the best weights by validation (the same format; the checkpoint a run evaluates)
 PROGRESS = "progress.json"  # where a run is now, for `shala-bench status` on a sweep with no progress bars
 
 
@@ -48,15 +56,62 @@ class TrainState:
     completed: list[str] = field(default_factory=list)  # stages finished
     stage: str | None = None
     step: int = 0  # steps done in `stage`
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, wall time (validation included)
     restarts: int = 0
+    val_seconds: dict[str, float] = field(default_factory=dict)  # per stage, the part spent validating
+    early: dict = field(default_factory=dict)  # early stopping of `stage` (fresh_early_stopping)
+    summaries: dict[str, dict] = field(default_factory=dict)  # per finished stage (Trainer._finish_stage)
+    log_sums: dict[str, float] = field(default_factory=dict)  # loss terms summed since the last log row ...
+    log_n: int = 0  # ... over this many steps (so a resumed run's first row averages what an uninterrupted one's does)
+
+    def to_dict(self) -> dict:
+        return {"completed": list(self.completed), "stage": self.stage, "step": self.step,
+                "seconds": dict(self.seconds), "restarts": self.restarts, "val_seconds": dict(self.val_seconds),
+                "early": dict(self.early), "summaries": {k: dict(v) for k, v in self.summaries.items()},
+                "log_sums": dict(self.log_sums), "log_n": self.log_n}
+
+    @classmethod
+    def from_dict(cls, s: dict, restarts: int) -> "TrainState":
+        """A checkpoint's state (checkpoints written before early stopping lack its fields: empty)."""
+        return cls(list(s["completed"]), s["stage"], int(s["step"]), dict(s["seconds"]), restarts,
+                   dict(s.get("val_seconds", {})), dict(s.get("early", {})),
+                   {k: dict(v) for k, v in s.get("summaries", {}).items()}, dict(s.get("log_sums", {})),
+                   int(s.get("log_n", 0)))
 
 
-def stage_budget(protocol: Protocol, stage: str) -> tuple[int, float]:
-    """(optimizer steps, learning rate) of a stage."""
-    if stage == "vae":
-        return protocol.steps, protocol.lr
-    return getattr(protocol, f"{stage}_steps"), getattr(protocol, f"{stage}_lr", protocol.lr)
+def fresh_early_stopping() -> dict:
+    """Early-stopping state of a stage: evaluations so far, the best selection value (and its bound, the
+    tie-break), the step it was reached at, and evaluations since."""
+    return {"evals": 0, "best": None, "best_tiebreak": None, "best_step": None, "since_best": 0}
+
+
+class Callback:
+    """What the trainer calls back, at fixed points of `fit` (all no-ops here; subclass what you need).
+
+    Order per step: on_log (a log step), on_eval (an evaluation step), then at a stage's end on_stage_end,
+    then on_checkpoint (after a checkpoint is written). Rows are plain dicts of floats and names; the
+    trainer is passed so a callback can read `trainer.state`, `trainer.run_dir`, `trainer.stage_steps` and
+    set `trainer.stop_requested`. A resumed run repeats the calls made after its last checkpoint.
+    """
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """After a checkpoint was restored (or not), before the first stage trains."""
+
+    def on_log(self, trainer: "Trainer", row: dict) -> None:
+        """Every log_every steps and at a stage's last step: stage, step, samples, the loss terms the model's
+        `loss` logs (means over the steps since the last row), loss, lr, samples_per_s."""
+
+    def on_eval(self, trainer: "Trainer", row: dict) -> None:
+        """After each validation: stage, step, samples and the Validator's val_* values."""
+
+    def on_checkpoint(self, trainer: "Trainer") -> None:
+        """After checkpoint.pt was written (every checkpoint_every steps, at a stage's end, on a stop request)."""
+
+    def on_stage_end(self, trainer: "Trainer", stage: str, summary: dict) -> None:
+        """After a stage finished and the model holds the stage's best weights, before its checkpoint."""
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        """After the last stage, when fit returns normally."""
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
@@ -143,35 +198,61 @@ class BatchStream:
 
 
 class Trainer:
+    """Runs `model.stages` in order, each under `model.stage_budget(stage)`: at most max_samples training
+    samples, validated every `eval_every` samples (rounded to whole steps) and at the stage's end by
+    `validator` (shala_bench.validation.Validator; None or one without tuples: no validation, the last weights
+    are the best), stopped after `patience` evaluations without an improvement > min_delta. The best
+    weights go to best.pt (a full checkpoint, the one a run evaluates), the last state to checkpoint.pt
+    (for resume); at a stage's end the model is restored to the stage's best weights."""
+
     def __init__(self, model: MultimodalVAE, protocol: Protocol, train: Split, run_dir: Path, seed: int,
-                 device="cpu", progress: bool = True):
+                 device="cpu", progress: bool = True, callbacks=(), validator=None):
         self.model, self.protocol, self.train = model, protocol, train
         self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
         self.progress = progress
+        self.callbacks = list(callbacks)
+        self.validator = validator
         self.state = TrainState()
         self.optimizer: torch.optim.Optimizer | None = None
-        self.stop_requested = False  # set by a signal handler (preemption): checkpoint, then stop
-        self.step_seconds: list[float] = []
+        self.stop_requested = False  # set by a callback or a signal handler (preemption): checkpoint, then stop
+        self.stage_index: int | None = None  # of the stage training now
+        self.stage_steps: int = 0  # its step budget: max_samples // batch size
+        self.batch_size = min(protocol.batch_size, len(train))
 
     # ------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT
 
-    def save(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / BEST
+
+    @property
+    def samples_seen(self) -> int:
+        """Training samples seen so far in this run, over all stages."""
+        done = sum(int(self.state.summaries.get(s, {}).get("samples", 0)) for s in self.state.completed)
+        return done + (self.state.step * self.batch_size if self.state.stage not in self.state.completed else 0)
+
+    def _checkpoint(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        atomic_torch_save({
+        return {
             "protocol_hash": self.protocol.hash,
             "seed": self.seed,
-            "state": {"completed": list(self.state.completed), "stage": self.state.stage, "step": self.state.step,
-                      "seconds": dict(self.state.seconds), "restarts": self.state.restarts},
+            "state": self.state.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
             "rng": rng,
-        }, self.checkpoint_path)
+        }
+
+    def save(self, *paths: Path) -> None:
+        """Write the current state to `paths` (default: checkpoint.pt)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ck = self._checkpoint()
+        for path in paths or (self.checkpoint_path,):
+            atomic_torch_save(ck, path)
 
     def restore(self, path: Path | None = None) -> bool:
         path = Path(path or self.checkpoint_path)
@@ -186,14 +267,16 @@ class Trainer:
         except (RuntimeError, KeyError, TypeError):
             raise CheckpointError(f"checkpoint {path} does not fit this model: {state_mismatch(self.model, ck['model'])}. "
                                   f"{RESTART_HINT}") from None
-        s = ck["state"]
-        self.state = TrainState(list(s["completed"]), s["stage"], int(s["step"]), dict(s["seconds"]),
-                                int(s["restarts"]) + 1)
+        self.state = TrainState.from_dict(ck["state"], int(ck["state"]["restarts"]) + 1)
         self._pending_optimizer = ck["optimizer"]
         torch.set_rng_state(ck["rng"]["torch"])
         if "cuda" in ck["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
         return True
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
 
     # ------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> TrainState:
@@ -204,21 +287,32 @@ class Trainer:
         elif self.checkpoint_path.exists():
             set_aside_corrupt(self.checkpoint_path)
         self.model.to(self.device)
+        self._call("on_fit_start")
         for i, stage in enumerate(self.model.stages):
             if stage in self.state.completed:
                 continue
             self._run_stage(i, stage)
+        self._call("on_fit_end")
         return self.state
 
     def _run_stage(self, stage_index: int, stage: str) -> None:
         p = self.protocol
-        steps, lr = stage_budget(p, stage)
+        budget = self.model.stage_budget(stage)
+        bs = self.batch_size
+        steps = max(1, budget.max_samples // bs)
+        eval_steps = max(1, round(p.eval_every / bs))
+        validating = self.validator is not None and self.validator.enabled
+        metric = self.validator.metric(budget.selection) if validating else None
+        self.stage_index, self.stage_steps = stage_index, steps
         self.model.begin_stage(stage)
-        self.optimizer = make_optimizer(self.model.stage_parameters(stage), lr)
+        self.optimizer = make_optimizer(self.model.stage_parameters(stage), budget.lr)
         start = 0
         if self.state.stage == stage and self._pending_optimizer:
             self.optimizer.load_state_dict(self._pending_optimizer)
             start = self.state.step
+            self.state.early = self.state.early or fresh_early_stopping()  # older checkpoints have none
+        else:
+            self.state.early = fresh_early_stopping()
         self._pending_optimizer = None
         self.state.stage, self.state.step = stage, start
         stream = BatchStream(self.train, p.batch_size, self.seed, stage_index, self.device)
@@ -229,43 +323,146 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
         t_stage = time.perf_counter()
         done_before = self.state.seconds.get(stage, 0.0)
+        val_before = self.state.val_seconds.get(stage, 0.0)
+        self._val_s = 0.0  # validation seconds of this segment
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=p.bf16)
         # protocol.compile (off by default, recorded): the model's loss through torch.compile
         loss_fn = torch.compile(self.model.loss) if p.compile else self.model.loss
-        for step in range(start, steps):
-            batch = stream.batch(step)
-            with autocast:
-                loss, logs = loss_fn(batch, stage)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if p.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
-            self.optimizer.step()
-            bad = ~torch.isfinite(loss.detach())
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
-            self.state.step = step + 1
-            last = step + 1 == steps
-            if (step + 1) % p.log_every == 0 or last:
-                if int(first_bad) >= 0:  # the only host sync: once per log interval
-                    bar.close()
+        # loss terms summed on the device since the last log row (a resumed stage: what its checkpoint had summed)
+        sums = {k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in self.state.log_sums.items()}
+        n_summed = self.state.log_n if start > 0 else 0
+        if start == 0:
+            sums = {}
+        n_timed, t_log, val_at_log = 0, time.perf_counter(), 0.0
+        flops_per_step = None
+        try:
+            for step in range(start, steps):
+                batch = stream.batch(step)
+                with autocast:
+                    loss, logs = loss_fn(batch, stage)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if p.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
+                self.optimizer.step()
+                if flops_per_step is None:  # after the first step: lazily set state (ShaLa's z_scale) is set
+                    flops_per_step = self._count_flops(batch, stage, autocast, params)
+                bad = ~torch.isfinite(loss.detach())
+                first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+                for k, v in {"loss": loss, **logs}.items():
+                    v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+                    sums[k] = sums[k] + v if k in sums else v
+                n_summed += 1
+                n_timed += 1
+                self.state.step = step + 1
+                last = step + 1 == steps
+                is_log = (step + 1) % p.log_every == 0 or last
+                is_eval = validating and ((step + 1) % eval_steps == 0 or last)
+                if (is_log or is_eval) and int(first_bad) >= 0:  # the only host syncs: log and eval steps
                     raise NonFiniteLoss(int(first_bad), stage)
-                loss_now = float(loss.detach())
-                bar.set_postfix(loss=f"{loss_now:.1f}", refresh=False)
-                elapsed = time.perf_counter() - t_stage
-                write_progress(self.run_dir, stage=stage, stage_index=stage_index + 1, stages=len(self.model.stages),
-                               step=step + 1, steps=steps, loss=loss_now,
-                               steps_per_s=round((step + 1 - start) / elapsed, 3) if elapsed > 0 else None)
-            bar.update(1)
-            if (step + 1) % p.checkpoint_every == 0 or last or self.stop_requested:
-                if int(first_bad) >= 0:
-                    bar.close()
-                    raise NonFiniteLoss(int(first_bad), stage)
-                self.state.seconds[stage] = done_before + time.perf_counter() - t_stage
-                if last:
-                    self.state.completed.append(stage)
-                self.save()
-                if self.stop_requested and not last:
-                    bar.close()
-                    raise Preempted(f"stopped at {stage} step {step + 1} on request; checkpoint written")
-        bar.close()
+                if is_log:
+                    means = (torch.stack(list(sums.values())) / n_summed).tolist()
+                    now_t = time.perf_counter()
+                    elapsed = now_t - t_log - (self._val_s - val_at_log)
+                    row = {"stage": stage, "step": step + 1, "samples": self.samples_seen,
+                           **{k: v for k, v in zip(sums, means) if k != "loss"}, "loss": means[list(sums).index("loss")],
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "samples_per_s": round(n_timed * bs / elapsed, 3) if elapsed > 0 else None}
+                    sums, n_summed, n_timed, t_log, val_at_log = {}, 0, 0, now_t, self._val_s
+                    bar.set_postfix(loss=f"{row['loss']:.1f}", refresh=False)
+                    self._call("on_log", row)
+                plateau = self._evaluate(stage, budget.selection, p) if is_eval else False
+                bar.update(1)
+                end = last or plateau
+                if (step + 1) % p.checkpoint_every == 0 or end or self.stop_requested:
+                    if int(first_bad) >= 0:
+                        raise NonFiniteLoss(int(first_bad), stage)
+                    self.state.seconds[stage] = done_before + time.perf_counter() - t_stage
+                    self.state.val_seconds[stage] = val_before + self._val_s
+                    self.state.log_sums, self.state.log_n = {k: float(v) for k, v in sums.items()}, n_summed
+                    if end:
+                        summary = self._finish_stage(stage, budget, metric, plateau, validating,
+                                                     flops_per_step or 0.0)
+                        self._call("on_stage_end", stage, summary)
+                        self.save(self.checkpoint_path, self.best_path)
+                    else:
+                        self.save()
+                    self._call("on_checkpoint")
+                    if self.stop_requested and not end:
+                        raise Preempted(f"stopped at {stage} step {step + 1} on request; checkpoint written")
+                if end:
+                    break
+        finally:
+            bar.close()
         self.model.eval()
+
+    def _count_flops(self, batch, stage: str, autocast, params) -> float:
+        """FLOPs of one training step (forward + backward of the stage's loss on a real batch), counted once per
+        stage by torch's FlopCounterMode, in a forked RNG, without an optimizer step; buffers and gradients are
+        put back, so training goes on exactly as without the count."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), FlopCounterMode(display=False) as counter:
+            with autocast:
+                loss, _ = self.model.loss(batch, stage)
+            loss.backward()
+        with torch.no_grad():
+            for n, b in self.model.named_buffers():
+                b.copy_(buffers[n])
+        for q in params:
+            q.grad = None
+        return float(counter.get_total_flops())
+
+    def _evaluate(self, stage: str, selection: str, p: Protocol) -> bool:
+        """Validate, keep the best weights in best.pt, call on_eval; True when the stage has plateaued."""
+        t0 = time.perf_counter()
+        vals = self.validator(self.model, selection)
+        self._val_s += time.perf_counter() - t0
+        e = self.state.early
+        value, tiebreak = float(vals["val_selection"]), -float(vals["val_loss"])
+        improved = math.isfinite(value) and (
+            e["best"] is None or value > e["best"] + p.min_delta
+            or (value == e["best"] and math.isfinite(tiebreak) and tiebreak > e["best_tiebreak"]))
+        e["evals"] += 1
+        if improved:
+            e.update(best=value, best_tiebreak=tiebreak, best_step=self.state.step, since_best=0)
+            self.save(self.best_path)
+        else:
+            e["since_best"] += 1
+        self._call("on_eval", {"stage": stage, "step": self.state.step, "samples": self.samples_seen, **vals})
+        return p.patience > 0 and e["since_best"] >= p.patience
+
+    def _finish_stage(self, stage: str, budget, metric: str | None, plateau: bool, validating: bool,
+                      flops_per_step: float) -> dict:
+        """Restore the stage's best weights, mark it completed and record its summary."""
+        e, steps_done = self.state.early, self.state.step
+        if validating and e.get("best_step") is not None and e["best_step"] != steps_done:
+            ck = load_checkpoint(self.best_path)
+            if ck["state"]["stage"] != stage or int(ck["state"]["step"]) != e["best_step"]:
+                raise CheckpointError(f"{self.best_path} holds {ck['state']['stage']} step {ck['state']['step']}, "
+                                      f"not the best {stage} step {e['best_step']}. {RESTART_HINT}")
+            self.model.load_state_dict(ck["model"])
+        patience = self.protocol.patience
+        converged = None if not validating or patience == 0 else bool(plateau or e["since_best"] >= patience)
+        summary = {
+            "converged": converged,
+            "best_step": e["best_step"] if validating and e.get("best_step") is not None else steps_done,
+            "steps": steps_done,
+            "samples": steps_done * self.batch_size,
+            "max_samples": budget.max_samples,
+            "lr": budget.lr,
+            "batch_size": self.batch_size,
+            "evaluations": e.get("evals", 0),
+            "stop_reason": "plateau" if plateau else "budget",
+            "selection": metric,
+            "best_value": e.get("best"),
+            "flops_per_step": flops_per_step,
+            "train_flops": flops_per_step * steps_done,
+            "seconds": round(self.state.seconds.get(stage, 0.0), 3),
+            "val_seconds": round(self.state.val_seconds.get(stage, 0.0), 3),
+        }
+        self.state.summaries[stage] = summary
+        self.state.completed.append(stage)
+        return summary

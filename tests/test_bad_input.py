@@ -24,7 +24,7 @@ SMOKE = ["run", "--model", "mvae", "--profile", "smoke", "--no-progress"]
 @pytest.mark.parametrize("argv, needle", [
     (["--set", "beta=-1"], "beta must be >= 0, got -1.0"),
     (["--set", "fd_n=-5"], "fd_n must be >= 0, got -5"),
-    (["--set", "prior_steps=0"], "prior_steps must be > 0, got 0"),
+    (["--set", "prior_max_samples=0"], "prior_max_samples must be > 0, got 0"),
     (["--set", "eval_n=0"], "eval_n must be > 0"),
     (["--set", "data_seed=-1"], "data_seed must be >= 0"),
     (["--set", "lr=nan"], "lr must be > 0, got nan"),
@@ -96,7 +96,7 @@ def test_progress_ends_failed_on_a_nan(tmp_path):
     from conftest import smoke_spec
     from shala_bench.launch import run_one
 
-    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"lr": 1e30, "steps": 6, "log_every": 1}))
+    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"lr": 1e30, "max_train_samples": 192, "log_every": 1}))
     assert rec.status.startswith("failed: nan")
     (progress,) = tmp_path.rglob("progress.json")
     assert json.loads(progress.read_text())["stage"] == "failed"

@@ -136,7 +136,7 @@ def test_prepare_then_smoke_training_and_evaluation_end_to_end(tmp_path, results
     root = make_cub(tmp_path / "src")
     cache = tmp_path / "cache"
     cub.DATASET.prepare(root, smoke_protocol(), cache, progress=False)
-    rec = run_one(smoke_spec("mvae", results, dataset="cub", cache_dir=str(cache), overrides={"n_val": 10}))
+    rec = run_one(smoke_spec("mvae", results, dataset="cub", cache_dir=str(cache), overrides={"n_val": 10, "max_train_samples": 24}))
     assert rec.ok, rec.status
     assert 0.0 <= rec.metrics["coherence_cond_k1"] <= 1.0 and 0.0 <= rec.metrics["coherence_joint"] <= 1.0
 

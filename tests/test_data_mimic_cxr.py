@@ -139,7 +139,8 @@ def test_prepare_then_smoke_training_and_multilabel_evaluation_end_to_end(tmp_pa
     root = make_mimic(tmp_path / "src")
     cache = tmp_path / "cache"
     mimic_cxr.DATASET.prepare(root, smoke_protocol(), cache, progress=False)
-    rec = run_one(smoke_spec("mvae", results, dataset="mimic-cxr", cache_dir=str(cache)))
+    rec = run_one(smoke_spec("mvae", results, dataset="mimic-cxr", cache_dir=str(cache),
+                          overrides={"max_train_samples": 24}))
     assert rec.ok, rec.status
     m = rec.metrics
     for k in ("coherence_cond_k1", "coherence_cond_k2", "coherence_joint", "classifier_acc_text"):

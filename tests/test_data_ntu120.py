@@ -237,7 +237,7 @@ def test_prepare_then_smoke_training_and_evaluation_end_to_end(tmp_path, results
 
     root, cache = write_ntu(tmp_path / "ntu"), tmp_path / "cache"
     ntu120.DATASET.prepare(root, proto(), cache, progress=False)
-    rec = run_one(smoke_spec("mvae", results, dataset="ntu120", cache_dir=str(cache), overrides={"n_val": 1}))
+    rec = run_one(smoke_spec("mvae", results, dataset="ntu120", cache_dir=str(cache), overrides={"n_val": 1, "max_train_samples": 24}))
     assert rec.ok, rec.status
     m = rec.metrics
     assert rec.n_modalities == 3

@@ -134,7 +134,7 @@ def test_prepare_then_smoke_training_and_evaluation_end_to_end(tmp_path, results
 
     root, cache = write_polymnist(tmp_path / "pm"), tmp_path / "cache"
     polymnist.DATASET.prepare(root, proto(), cache, progress=False)
-    rec = run_one(smoke_spec("mvae", results, dataset="polymnist", cache_dir=str(cache), overrides={"n_val": 2}))
+    rec = run_one(smoke_spec("mvae", results, dataset="polymnist", cache_dir=str(cache), overrides={"n_val": 2, "max_train_samples": 24}))
     assert rec.ok, rec.status
     assert rec.n_modalities == 3
     m = rec.metrics

@@ -117,7 +117,7 @@ def test_prepare_then_smoke_training_and_evaluation_end_to_end(tmp_path, results
     data = ucf101.DATASET.load(smoke_protocol(n_val=2), cache)
     assert data.spec.names == ["rgb", "motion"] and data.spec.class_names == tuple(CLASSES) and data.spec.n_classes == 3
     assert data.splits["train"].data["rgb"].shape[1:] == (3, 4, 64, 64)
-    rec = run_one(smoke_spec("mvae", results, dataset="ucf101", cache_dir=str(cache), overrides={"n_val": 2}))
+    rec = run_one(smoke_spec("mvae", results, dataset="ucf101", cache_dir=str(cache), overrides={"n_val": 2, "max_train_samples": 24}))
     assert rec.ok, rec.status
     assert 0.0 <= rec.metrics["coherence_cond_k1"] <= 1.0 and "coherence_joint" in rec.metrics
     assert rec.metrics["classifier_acc_rgb"] >= 0.0

@@ -31,7 +31,7 @@ def no_training(monkeypatch):
 
 def test_eval_writes_a_new_record_for_the_same_checkpoint_without_retraining(finished, no_training, capsys):
     rec, folder = finished
-    ck = folder / "checkpoint.pt"
+    ck = folder / "best.pt"  # the evaluated checkpoint
     before = sha(ck)
     assert main(["eval", str(folder), "--set", "fd_n=32", "--set", "probe_n=64"]) == 0
     out = capsys.readouterr().out
@@ -63,7 +63,7 @@ def test_eval_under_the_same_protocol_replaces_the_record_and_keeps_the_previous
     assert main(["eval", str(folder / "record.json")]) == 0
     assert (folder / "record.previous.json").read_text() == old
     new = read_record(folder / "record.json")
-    assert new.protocol_hash == rec.protocol_hash and new.checkpoint == "checkpoint.pt"
+    assert new.protocol_hash == rec.protocol_hash and new.checkpoint == "best.pt"
     assert new.artifacts["source_record"] == "record.previous.json"
     assert new.created >= rec.created
     # once more: the re-evaluation is replaced, the training run's record stays
@@ -90,9 +90,9 @@ def test_eval_of_an_unfinished_checkpoint_is_refused(finished, capsys):
     blob = json.loads((folder / "record.json").read_text())
     import torch
 
-    ck = torch.load(folder / "checkpoint.pt", weights_only=True)
+    ck = torch.load(folder / "best.pt", weights_only=True)
     ck["state"]["completed"] = []
-    torch.save(ck, folder / "checkpoint.pt")
+    torch.save(ck, folder / "best.pt")
     assert main(["eval", str(folder)]) == 2
     assert "has not finished" in capsys.readouterr().err
     assert json.loads((folder / "record.json").read_text()) == blob  # no partial record

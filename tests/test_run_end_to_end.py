@@ -8,7 +8,7 @@ from conftest import smoke_spec
 from shala_bench.launch import run_one
 from shala_bench.results import load_records
 from shala_bench.sweep import progress_detail
-from shala_bench.trainer import CHECKPOINT, PROGRESS, load_checkpoint, write_progress
+from shala_bench.trainer import CHECKPOINT, PROGRESS, Callback, load_checkpoint, write_progress
 
 
 def test_smoke_run_writes_a_complete_record(results):
@@ -28,23 +28,25 @@ def test_smoke_run_writes_a_complete_record(results):
     assert rec.timings["train_s"] > 0 and rec.timings["train_samples_per_s"] > 0
     assert [r.run_id for r in load_records(results)] == [rec.run_id]
     assert rec.metrics["coherence_cond_chance"] == pytest.approx(0.1)  # ten digits
+    # trained to the smoke budget (patience 0: convergence not judged), evaluated from its best weights
+    assert rec.checkpoint == "best.pt" and (path.parent / "best.pt").is_file() and (path.parent / "curves.csv").is_file()
+    assert rec.train_samples == 192 and rec.converged is None and rec.train_flops > 0
+    s = rec.stages["vae"]
+    assert rec.best_step == {"vae": s["best_step"]} and s["best_step"] in (3, 6) and s["evaluations"] == 2
+    assert (s["stop_reason"], s["selection"], s["samples"]) == ("budget", "val_coherence_cond_bal_k1", 192)
+    assert on_disk["stages"]["vae"] == s and rec.timings["val_s"] >= 0
 
 
 def test_a_run_reports_its_stage_and_step_while_it_trains_then_that_it_evaluates(tmp_path):
     seen = {}
 
-    def watch(trainer):
-        fit = trainer.fit
-
-        def fit_then_look(*a, **kw):
-            state = fit(*a, **kw)
+    class Watch(Callback):
+        def on_fit_end(self, trainer):
             seen["after_fit"] = json.loads((trainer.run_dir / PROGRESS).read_text())
             seen["detail"] = progress_detail(trainer.run_dir)
-            return state
 
-        trainer.fit = fit_then_look
-
-    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"steps": 6, "log_every": 4}), trainer_hook=watch)
+    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"max_train_samples": 192, "log_every": 4}),
+                  callbacks=[Watch()])
     after = seen["after_fit"]
     # the last write is at the last step (a log step whether or not 6 is a multiple of log_every)
     assert (after["stage"], after["step"], after["steps"], after["stages"]) == ("vae", 6, 6, 1)
@@ -56,23 +58,18 @@ def test_a_run_reports_its_stage_and_step_while_it_trains_then_that_it_evaluates
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
-    overrides = {"steps": 8, "checkpoint_every": 3, "log_every": 1}
+    overrides = {"max_train_samples": 256, "checkpoint_every": 3, "log_every": 1}
     straight = run_one(smoke_spec("mvae", tmp_path / "a", overrides=overrides))
 
     class Interrupt(KeyboardInterrupt):
         pass
 
-    def stop_after_first_checkpoint(trainer):
-        save = trainer.save
-
-        def save_then_die():
-            save()
+    class StopAfterFirstCheckpoint(Callback):
+        def on_checkpoint(self, trainer):
             raise Interrupt
 
-        trainer.save = save_then_die
-
     with pytest.raises(Interrupt):
-        run_one(smoke_spec("mvae", tmp_path / "b", overrides=overrides), trainer_hook=stop_after_first_checkpoint)
+        run_one(smoke_spec("mvae", tmp_path / "b", overrides=overrides), callbacks=[StopAfterFirstCheckpoint()])
     rid = straight.run_id
     partial = load_checkpoint(tmp_path / "b" / "polymnist-synth" / "mvae" / rid / CHECKPOINT)
     assert partial["state"]["step"] == 3 and not partial["state"]["completed"]
@@ -87,7 +84,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
 
 def test_nan_loss_ends_the_run_as_failed_with_the_step(results):
     # a learning rate this large blows the weights up within a few steps
-    rec = run_one(smoke_spec("mvae", results, overrides={"lr": 1e30, "steps": 6, "log_every": 1}))
+    rec = run_one(smoke_spec("mvae", results, overrides={"lr": 1e30, "max_train_samples": 192, "log_every": 1}))
     assert rec.status.startswith("failed: nan at step ")
     step = int(rec.status.rsplit(" ", 1)[1])
     assert 0 <= step < 6
@@ -98,10 +95,10 @@ def test_nan_loss_ends_the_run_as_failed_with_the_step(results):
 def test_a_requeue_before_the_first_checkpoint_still_counts_as_a_restart(tmp_path, monkeypatch):
     # SLURM requeued the job before it wrote a checkpoint: nothing is resumed, the record still says 1
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"steps": 2}))
+    rec = run_one(smoke_spec("mvae", tmp_path, overrides={"max_train_samples": 64}))
     assert rec.ok and rec.restarts == 1
     monkeypatch.delenv("SLURM_RESTART_COUNT")
-    assert run_one(smoke_spec("mvae", tmp_path / "b", overrides={"steps": 2})).restarts == 0
+    assert run_one(smoke_spec("mvae", tmp_path / "b", overrides={"max_train_samples": 64})).restarts == 0
 
 
 def test_progress_of_a_two_stage_model_names_the_stage_and_the_time_left(tmp_path):

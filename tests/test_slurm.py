@@ -80,7 +80,7 @@ def test_array_sweep_of_four_smoke_cells_yields_four_ok_records_and_a_correct_st
 
 def test_preempted_task_resumes_from_its_checkpoint_and_ends_with_the_uninterrupted_parameters(slurm_cluster, tmp_path):
     # slow enough that USR2 lands mid-training: 120 small steps, a checkpoint every 4
-    slow = TINY + (("steps", 120), ("checkpoint_every", 4), ("batch_size", 8), ("log_every", 4))
+    slow = TINY + (("max_train_samples", 960), ("checkpoint_every", 4), ("batch_size", 8), ("log_every", 4))
     grid = sw.Grid(models=("mvae",), seeds=(3,), profile="smoke", overrides=slow)
     m, sub = submit(slurm_cluster, tmp_path / "preempted", "preempted", grid)
     ref, _ = submit(slurm_cluster, tmp_path / "reference", "reference", grid)  # runs alongside, untouched
@@ -138,7 +138,7 @@ def test_failing_cell_is_reported_failed_the_others_finish_and_resume_reruns_onl
 
 def test_cancel_stops_the_array_and_status_says_cancelled(slurm_cluster, tmp_path, capsys):
     results = tmp_path / "runs"
-    endless = TINY + (("steps", 100000), ("checkpoint_every", 1000))
+    endless = TINY + (("max_train_samples", 3_200_000), ("checkpoint_every", 1000))
     grid = sw.Grid(models=("mvae",), seeds=(0, 1, 2), profile="smoke", overrides=endless)
     m, sub = submit(slurm_cluster, results, "doomed", grid)
     wait_for(lambda: any(r.state == "running" for r in sw.sweep_status(m)), poll_s=0.5)

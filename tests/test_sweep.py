@@ -224,7 +224,7 @@ def test_failed_cell_is_reported_with_its_error_and_resume_reruns_only_it(tmp_pa
 
 def test_preemption_signal_mid_training_checkpoints_at_a_step_boundary_and_the_resumed_task_matches(tmp_path, monkeypatch):
     """CellTask's handling of submitit's signal, in-process: defer to the end of the step, then hand over."""
-    overrides = {"steps": 40, "checkpoint_every": 4, "batch_size": 8, "log_every": 4, "probe_n": 32}
+    overrides = {"max_train_samples": 320, "checkpoint_every": 4, "batch_size": 8, "log_every": 4, "probe_n": 32}
     spec = smoke_spec("mvae", tmp_path / "preempted", overrides=overrides).with_(resume=False)
     cell = Cell(0, spec, sweep_dir=str(tmp_path / "sweep"))
     task = CellTask()

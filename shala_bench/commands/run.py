@@ -22,6 +22,22 @@ def add_threads_arg(p: argparse.ArgumentParser, default: str) -> None:
                         f"changes the numbers slightly, as a seed does) (default: {default})")
 
 
+def add_log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", dest="loggers", action="append", choices=("csv", "tensorboard"), default=[],
+                   help="training loggers (repeatable): csv (curves.csv and curves.png beside the record, always "
+                        "written), tensorboard (events under <run>/tensorboard; needs the tensorboard package)")
+
+
+def loggers_arg(args) -> tuple[str, ...]:
+    """--log values besides the always-on csv; tensorboard checked importable (one line otherwise)."""
+    loggers = tuple(dict.fromkeys(x for x in args.loggers if x != "csv"))
+    if "tensorboard" in loggers:
+        from shala_bench.callbacks import require_tensorboard
+
+        require_tensorboard()
+    return loggers
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered model name (see `shala-bench list models`)")
     p.add_argument("--dataset", default="polymnist-synth", help="registered dataset (default: %(default)s)")
@@ -36,6 +52,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threads_arg(p, "the usable CPUs (os.sched_getaffinity) that other processes are not busy on")
+    add_log_arg(p)
     p.add_argument("--inception-weights", metavar="PATH", default=None,
                    help="local Inception weights for FID (weights-inception-2015-12-05-6726825d.pth, sha256-checked; "
                         "default: $SHALA_BENCH_INCEPTION_WEIGHTS or torch hub's checkpoints folder); never downloaded")
@@ -49,7 +66,7 @@ def cmd_run(args) -> int:
     spec = RunSpec(model=args.model, dataset=args.dataset, profile=args.profile, seed=args.seed,
                    overrides=tuple(parse_overrides(args.overrides).items()), results=args.results,
                    resume=args.resume, device=args.device, progress=not args.no_progress,
-                   inception_weights=args.inception_weights,
+                   inception_weights=args.inception_weights, loggers=loggers_arg(args),
                    threads=threads_arg(args) or (default_threads(1) if args.executor == "inline" else None))
     if args.executor != "inline":
         return run_elsewhere(args, spec)
@@ -90,7 +107,7 @@ def run_elsewhere(args, spec) -> int:
 
     grid = sw.Grid(models=(spec.model,), dataset=spec.dataset, seeds=(spec.seed,), profile=spec.profile,
                    overrides=spec.overrides, device=spec.device, resume=spec.resume,
-                   inception_weights=spec.inception_weights)
+                   inception_weights=spec.inception_weights, loggers=spec.loggers)
     ex = make_executor(args.executor, 1, load_profile(args.cluster) if args.executor == "slurm" else None, threads_arg(args))
     m = sw.create_sweep(grid, args.results, sw.new_sweep_name(args.results, prefix=f"run-{spec.model}"))
     print(f"run {m.name}: {spec.model} seed {spec.seed} with --executor {ex.kind}; manifest {m.path}", flush=True)

@@ -26,7 +26,7 @@ def _executor(args, manifest=None):
             profile = ClusterProfile.from_dict(last.cluster)
         else:
             profile = load_profile(None)
-    from shala_bench.commands.run import threads_arg
+    from shala_bench.commands.run import loggers_arg, threads_arg
 
     return make_executor(kind, args.workers, profile, threads_arg(args))
 
@@ -67,10 +67,11 @@ def finish(m, sub, args) -> int:
 def cmd_sweep(args) -> int:
     from shala_bench import sweep as sw
     from shala_bench.executors import SlurmExecutor
-    from shala_bench.commands.run import threads_arg
+    from shala_bench.commands.run import loggers_arg, threads_arg
     from shala_bench.protocol import parse_overrides
 
     threads_arg(args)  # a bad --threads is refused before the sweep's folder is made
+    loggers = loggers_arg(args)
     if args.resume:
         if args.models:
             raise sw.SweepError("--resume SWEEP takes the grid from the sweep's manifest; drop --models")
@@ -86,7 +87,7 @@ def cmd_sweep(args) -> int:
         grid = sw.Grid(models=models, dataset=args.dataset, seeds=sw.parse_int_list(args.seeds, "seeds"),
                        modalities=sw.parse_int_list(args.modalities, "modalities") if args.modalities else (),
                        profile=args.profile, overrides=tuple(parse_overrides(args.overrides).items()),
-                       device=args.device, inception_weights=args.inception_weights)
+                       device=args.device, inception_weights=args.inception_weights, loggers=loggers)
         sw.check_models(grid.models)
         m = sw.create_sweep(grid, args.results, args.name)
         todo, done = sw.cells_to_run(m)
@@ -151,4 +152,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when the task has one), cpu, cuda (default: %(default)s)")
     p.add_argument("--inception-weights", metavar="PATH", default=None,
                    help="local Inception weights for FID, readable from every task (see `run --help`)")
+    from shala_bench.commands.run import add_log_arg
+
+    add_log_arg(p)
     p.set_defaults(func=cmd_sweep)

@@ -261,14 +261,16 @@ DATASET = NTU120()
 PROFILES = {
     "smoke": dict(n_modalities=3, ntu_frames=16),
     # Minutes on a 2-core CPU.
-    "quick": dict(n_modalities=3, ntu_frames=32, n_train=10000, n_val=500, n_test=2000, batch_size=128, steps=600,
-                  checkpoint_every=200, classifier_epochs=20, eval_n=1000, joint_n=1000, fd_n=1000, prior_steps=1500),
+    "quick": dict(n_modalities=3, ntu_frames=32, n_train=10000, n_val=500, n_test=2000, batch_size=128,
+                  max_train_samples=76_800, eval_every=9_600, checkpoint_every=200, classifier_epochs=20, eval_n=1000,
+                  joint_n=1000, fd_n=1000, prior_max_samples=192_000),
     # No multimodal-VAE paper reports NTU RGB+D 120; this is the harness's PolyMNIST recipe (batch 256, Adam
     # 5e-4, beta 2.5) on every tuple of the benchmark split (~300 epochs of the ~20k cross-subject training
     # tuples), with 64-frame sequences (the window length of CTR-GCN's NTU configs).
     "paper": dict(n_modalities=3, ntu_frames=64, n_train=1_000_000, n_val=1000, n_test=1_000_000, batch_size=256,
-                  steps=25000, lr=5e-4, beta=2.5, checkpoint_every=2000, log_every=100, classifier_epochs=30,
-                  eval_n=10000, joint_n=10000, fd_n=10000, prior_steps=20000, iwae_k=1),
+                  max_train_samples=6_400_000, eval_every=320_000, lr=5e-4, beta=2.5, checkpoint_every=2000,
+                  log_every=100, classifier_epochs=30, eval_n=10000, joint_n=10000, fd_n=10000,
+                  prior_max_samples=5_120_000, iwae_k=1),
 }
 
 

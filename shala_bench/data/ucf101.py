@@ -246,13 +246,14 @@ DATASET = UCF101()
 PROFILES = {
     "smoke": dict(n_modalities=2, ucf_frames=4),
     # Minutes on 2 CPU cores: 4 frames, a few thousand clips of split 1.
-    "quick": dict(n_modalities=2, ucf_frames=4, n_train=3000, n_val=300, n_test=1000, batch_size=32, steps=300,
-                  checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500, prior_steps=600),
+    "quick": dict(n_modalities=2, ucf_frames=4, n_train=3000, n_val=300, n_test=1000, batch_size=32,
+                  max_train_samples=9_600, eval_every=1_200, checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500,
+                  prior_max_samples=19_200),
     # No published multimodal-VAE recipe exists for UCF101: the shared recipe of the image
     # datasets (batch 128, Adam 5e-4) on all of split 1, 8 frames per clip, on GPUs.
-    "paper": dict(n_modalities=2, ucf_frames=8, n_train=9537, n_val=500, n_test=3783, batch_size=128, steps=30000,
-                  lr=5e-4, checkpoint_every=2000, log_every=100, classifier_epochs=10, eval_n=3783, joint_n=5000,
-                  fd_n=3783, prior_steps=30000),
+    "paper": dict(n_modalities=2, ucf_frames=8, n_train=9537, n_val=500, n_test=3783, batch_size=128,
+                  max_train_samples=3_840_000, eval_every=192_000, lr=5e-4, checkpoint_every=2000, log_every=100,
+                  classifier_epochs=10, eval_n=3783, joint_n=5000, fd_n=3783, prior_max_samples=3_840_000),
 }
 
 

@@ -1,0 +1,115 @@
+"""Validation during training: the number a stage's early stopping maximises, on the VALIDATION split.
+
+`Validator(data, protocol)(model, selection)` scores a model on the first `val_n` validation tuples
+(capped at n_val) and returns
+
+- ``val_loss``: the mean negative bound (``model.negative_bound``), always;
+- ``val_coherence_cond_k1`` / ``val_coherence_cond_bal_k1``: the plain / balanced accuracy of the harness's
+  judge classifiers (the cached ones evaluation uses, shala_bench.metrics.classifiers) on the modalities
+  generated from each single given modality, mean over the generated modalities and the given one (the test
+  metric ``coherence_cond_k1`` / ``coherence_cond_bal_k1`` of shala_bench.metrics.coherence, on validation
+  tuples); only when the selection reads it;
+- ``val_selection``: what early stopping maximises: the balanced k = 1 coherence when the stage selects on
+  the dataset's metric ("dataset") and the dataset declares "coherence_cond_k1" (DatasetEntry.selection),
+  else ``-val_loss`` (a stage's "loss" selection, a dataset's "bound" selection, or M = 1). The trainer breaks
+  ties of the coherence (a finite set gives equal accuracies) by the bound.
+
+Validation never touches the training RNG stream: it runs in a forked RNG seeded with a fixed seed (the same
+weights always score the same), in eval mode and without gradients; the model's mode is restored after. So a
+run with more evaluations trains exactly as one with fewer, and a resumed run as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shala_bench.data.spec import LoadedDataset, Split, to_float
+from shala_bench.protocol import Protocol
+
+VAL_SEED_OFFSET = 20_000  # validation noise is seeded apart from training (+0) and evaluation (+10,000) noise
+BATCH = 500
+
+
+def selection_metric(stage_selection: str, dataset_selection: str, n_modalities: int) -> str:
+    """The val_* column early stopping reads for a stage: 'val_coherence_cond_bal_k1' or 'val_loss'."""
+    if stage_selection == "dataset" and dataset_selection == "coherence_cond_k1" and n_modalities > 1:
+        return "val_coherence_cond_bal_k1"
+    return "val_loss"
+
+
+class Validator:
+    """Scores a model on the validation split (module docstring); holds the judge classifiers once loaded."""
+
+    def __init__(self, data: LoadedDataset, protocol: Protocol, dataset_selection: str = "coherence_cond_k1",
+                 device="cpu", cache_dir=None, seed: int = 0):
+        self.data, self.protocol, self.dataset_selection = data, protocol, dataset_selection
+        self.device, self.cache_dir, self.seed = torch.device(device), cache_dir, seed
+        if data.spec.multilabel and dataset_selection == "coherence_cond_k1":
+            self.dataset_selection = "bound"  # no accuracy on multi-label findings: a dataset should say "bound"
+        n = min(protocol.val_n, protocol.n_val, len(data.splits["val"]) if "val" in data.splits else 0)
+        self.val: Split | None = data.splits["val"].head(n).to(self.device) if n > 0 else None
+        self._classifiers = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.val is not None
+
+    def metric(self, stage_selection: str) -> str:
+        return selection_metric(stage_selection, self.dataset_selection, len(self.data.spec.modalities))
+
+    def classifiers(self) -> dict:
+        """{modality: (classifier, test accuracy)}: trained once and cached (a forked RNG; see get_classifiers)."""
+        if self._classifiers is None:
+            from shala_bench.metrics.classifiers import get_classifiers
+
+            self._classifiers = get_classifiers(self.data, self.protocol, self.device, self.cache_dir)
+        return self._classifiers
+
+    def __call__(self, model, stage_selection: str = "dataset") -> dict:
+        if self.val is None:
+            raise ValueError("no validation tuples (val_n or n_val is 0)")
+        metric = self.metric(stage_selection)
+        was_training = model.training
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            model.eval()
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(self.seed + VAL_SEED_OFFSET)
+                out = {"val_loss": self._loss(model)}
+                if metric != "val_loss":
+                    out.update(self._coherence_k1(model))
+        finally:
+            model.train(was_training)
+        out["val_selection"] = out[metric] if metric != "val_loss" else -out["val_loss"]
+        return out
+
+    def _batches(self):
+        val = self.val
+        for i in range(0, len(val), BATCH):
+            yield {m: to_float(v[i:i + BATCH]) for m, v in val.data.items()}, val.labels[i:i + BATCH]
+
+    def _loss(self, model) -> float:
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for x, _ in self._batches():
+            total += model.negative_bound(x).double().sum()
+        return float(total) / len(self.val)
+
+    def _coherence_k1(self, model) -> dict:
+        from shala_bench.metrics.classifiers import classifier_input, predict
+        from shala_bench.metrics.coherence import balanced_accuracy
+
+        spec, clfs, labels = self.data.spec, self.classifiers(), self.val.labels
+        plain, balanced = [], []
+        for given in model.modalities:
+            targets = [m for m in model.modalities if m != given]
+            logits: dict[str, list] = {t: [] for t in targets}
+            for x, _ in self._batches():
+                out = model.generate({given: x[given]}, targets)
+                for t in targets:
+                    logits[t].append(predict(clfs[t][0], classifier_input(spec.modality(t), out[t])))
+            for t in targets:
+                preds = torch.cat(logits[t]).argmax(1)
+                plain.append(float((preds == labels).float().mean()))
+                balanced.append(balanced_accuracy(preds, labels, spec.n_classes))
+        return {"val_coherence_cond_k1": sum(plain) / len(plain),
+                "val_coherence_cond_bal_k1": sum(balanced) / len(balanced)}
