@@ -261,7 +261,7 @@ def _training(r: RunRecord) -> dict:
     stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
     config = r.config if isinstance(getattr(r, "config", None), dict) else {}
     return {"converged": {True: 1.0, False: 0.0}.get(conv, math.nan) if isinstance(conv, bool) else math.nan,
-            "budget_stages": ", ".join(k for k, v in stages.items() if v.get("stop") == "budget"),
+            "budget_stages": ", ".join(k for k, v in stages.items() if v.get("stop_reason", v.get("stop")) == "budget"),
             "selection": ", ".join(f"{k}: {v['selection']}" for k, v in stages.items() if v.get("selection")),
             "config_json": json.dumps(config, sort_keys=True, separators=(",", ":")) if config else "",
             "run_train_samples": _positive(getattr(r, "train_samples", 0)),
@@ -847,8 +847,10 @@ def chance_lines(fr: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------- validation learning curves (curves.csv)
-# The validation column of a learning curve: k = 1 conditional coherence, else the selection metric itself.
-VAL_COLUMNS = {"val_coherence_cond_k1": "coherence_cond_k1", "val_selection": None}
+# The validation column of a learning curve: balanced k = 1 conditional coherence (what polymnist-synth's early
+# stopping maximises), else plain k = 1 coherence (older curves), else the selection metric itself.
+VAL_COLUMNS = {"val_coherence_cond_bal_k1": "coherence_cond_bal_k1", "val_coherence_cond_k1": "coherence_cond_k1",
+               "val_selection": None}
 
 
 @dataclass

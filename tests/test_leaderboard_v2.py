@@ -41,7 +41,7 @@ def v2rec(model: str, seed: int, metrics: dict, *, converged: bool | None = True
                      metrics, converged=converged, train_samples=samples, best_step={"vae": samples // 128},
                      train_flops=flops, config=config, config_hash=ch,
                      stages={"vae": {"converged": converged, "best_step": samples // 128, "samples": samples,
-                                     "evaluations": samples // 500, "stop": stop,
+                                     "evaluations": samples // 500, "stop_reason": stop,
                                      "selection": "val_coherence_cond_k1"}})
 
 
