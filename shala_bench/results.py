@@ -18,7 +18,7 @@ from pathlib import Path
 from shala_bench.errors import RecordError
 
 RECORD = "record.json"
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: config and config_hash (protocol v2)
 
 
 @dataclass
@@ -29,8 +29,8 @@ class RunRecord:
     seed: int
     n_modalities: int
     profile: str
-    protocol_hash: str
-    protocol: dict
+    protocol_hash: str  # the recipe hash: what is ranked together
+    protocol: dict  # the recipe (the shared settings)
     status: str  # "ok" | "failed: <reason>" | "running"
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -43,6 +43,10 @@ class RunRecord:
     restarts: int = 0
     created: str = ""
     record_version: int = RECORD_VERSION
+    # the model's own settings and their hash (part of the run id; protocol v2). Records before v2 have none:
+    # their protocol held every model's settings.
+    config: dict = field(default_factory=dict)
+    config_hash: str = ""
 
     @property
     def ok(self) -> bool:
@@ -57,8 +61,9 @@ class RunRecord:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def run_id(seed: int, n_modalities: int, protocol_hash: str) -> str:
-    return f"seed{seed}-M{n_modalities}-{protocol_hash[:12]}"
+def run_id(seed: int, n_modalities: int, protocol_hash: str, config_hash: str = "") -> str:
+    """seed<s>-M<M>-<recipe hash, 12>[-<config hash, 8>] (records before protocol v2 have no config hash)."""
+    return f"seed{seed}-M{n_modalities}-{protocol_hash[:12]}" + (f"-{config_hash[:8]}" if config_hash else "")
 
 
 def run_dir(results: Path, dataset: str, model: str, rid: str) -> Path:
@@ -109,6 +114,9 @@ def inconsistency(rec: RunRecord) -> str | None:
     if digest != rec.protocol_hash:
         return (f"its protocol_hash {rec.protocol_hash[:12]} is not the hash of its protocol ({digest[:12]}): "
                 "the record was edited or is corrupt")
+    if rec.config_hash or rec.config:
+        if not isinstance(rec.config, dict) or protocol_digest(rec.config) != rec.config_hash:
+            return "its config_hash is not the hash of its config: the record was edited or is corrupt"
     return None
 
 

@@ -52,11 +52,12 @@ class TrainState:
     restarts: int = 0
 
 
-def stage_budget(protocol: Protocol, stage: str) -> tuple[int, float]:
-    """(optimizer steps, learning rate) of a stage."""
+def stage_budget(protocol: Protocol, stage: str, config=None) -> tuple[int, float]:
+    """(optimizer steps, learning rate) of a stage: the recipe's for a model's first stage, the model config's
+    `<stage>_steps` / `<stage>_lr` for a later one."""
     if stage == "vae":
         return protocol.steps, protocol.lr
-    return getattr(protocol, f"{stage}_steps"), getattr(protocol, f"{stage}_lr", protocol.lr)
+    return getattr(config, f"{stage}_steps"), getattr(config, f"{stage}_lr", protocol.lr)
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
@@ -144,8 +145,10 @@ class BatchStream:
 
 class Trainer:
     def __init__(self, model: MultimodalVAE, protocol: Protocol, train: Split, run_dir: Path, seed: int,
-                 device="cpu", progress: bool = True):
+                 device="cpu", progress: bool = True, config_hash: str | None = None):
         self.model, self.protocol, self.train = model, protocol, train
+        cfg = getattr(model, "config", None)
+        self.config_hash = config_hash if config_hash is not None else (cfg.hash if cfg is not None else "")
         self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
         self.progress = progress
         self.state = TrainState()
@@ -165,6 +168,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         atomic_torch_save({
             "protocol_hash": self.protocol.hash,
+            "config_hash": self.config_hash,
             "seed": self.seed,
             "state": {"completed": list(self.state.completed), "stage": self.state.stage, "step": self.state.step,
                       "seconds": dict(self.state.seconds), "restarts": self.state.restarts},
@@ -178,8 +182,10 @@ class Trainer:
         if not path.exists():
             return False
         ck = load_checkpoint(path)
-        if ck.get("protocol_hash") != self.protocol.hash or ck.get("seed") != self.seed:
-            raise CheckpointError(f"checkpoint {path} was written by another protocol or seed than this run's. "
+        if (ck.get("protocol_hash") != self.protocol.hash or ck.get("seed") != self.seed
+                or ck.get("config_hash", "") != self.config_hash):
+            raise CheckpointError(f"checkpoint {path} was written by another recipe, model config or seed than this "
+                                  "run's. "
                                   "Use a new results folder, or delete it and rerun without --resume.")
         try:
             self.model.load_state_dict(ck["model"])
@@ -212,7 +218,7 @@ class Trainer:
 
     def _run_stage(self, stage_index: int, stage: str) -> None:
         p = self.protocol
-        steps, lr = stage_budget(p, stage)
+        steps, lr = stage_budget(p, stage, getattr(self.model, "config", None))
         self.model.begin_stage(stage)
         self.optimizer = make_optimizer(self.model.stage_parameters(stage), lr)
         start = 0
