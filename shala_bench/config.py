@@ -172,8 +172,8 @@ def resolve_config(cls: type[Config], namespace: str, defaults: dict, dataset: s
     for source, layer in layers:
         for key, raw in layer.items():
             if key not in fields:
-                raise ProtocolError(f"unknown setting {namespace}.{key}" + close_matches(key, fields)
-                                    + f" (settings of {namespace}: {', '.join(fields) or 'none'})")
+                raise ProtocolError(f"unknown setting {namespace}.{key}" + (close_matches(key, fields) if fields else
+                                                                              f"; {namespace} has no settings of its own"))
             values[key] = coerce(f"{namespace}.{key}", fields[key].type, raw)
             sources[key] = source
     for name, f in fields.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from shala_bench.errors import ProtocolError, ShalaBenchError
+from shala_bench.errors import ProtocolError, ShalaBenchError, close_matches
 from shala_bench.protocol import make_protocol
 from shala_bench.results import (RunRecord, git_commit, hardware, now, package_versions, run_dir, run_id,
                                  write_record)
@@ -72,9 +72,13 @@ def check_namespaces(overrides: dict, allowed: set[str], registry, what: str) ->
     for ns, keys in split_overrides(overrides)[1].items():
         if ns not in allowed:
             known = set(registry.models) | set(registry.datasets)
-            kind = "another model's or dataset's settings" if ns in known else "no registered model or dataset"
+            if ns in known:
+                kind = "another model's or dataset's settings"
+            else:
+                hint = close_matches(ns, known)
+                kind = "no registered model or dataset" + (hint if "did you mean" in hint else "")
             raise ProtocolError(f"--set {ns}.{next(iter(keys))}: {ns!r} is {kind}; {what} takes settings of "
-                                f"{', '.join(sorted(allowed))}" + (close_matches(ns, allowed) if ns not in known else ""))
+                                f"{', '.join(sorted(allowed))}")
 
 
 def resolve(spec: RunSpec, registry=None):
