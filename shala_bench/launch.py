@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from shala_bench.errors import ProtocolError, ShalaBenchError, close_matches
+from shala_bench.errors import ProtocolError, ShalaBenchError
 from shala_bench.protocol import make_protocol
 from shala_bench.results import (RunRecord, git_commit, hardware, now, package_versions, run_dir, run_id,
                                  write_record)
@@ -75,8 +75,10 @@ def check_namespaces(overrides: dict, allowed: set[str], registry, what: str) ->
             if ns in known:
                 kind = "another model's or dataset's settings"
             else:
-                hint = close_matches(ns, known)
-                kind = "no registered model or dataset" + (hint if "did you mean" in hint else "")
+                import difflib
+
+                near = difflib.get_close_matches(ns, sorted(known), n=1)
+                kind = "no registered model or dataset" + (f" (did you mean {near[0]}?)" if near else "")
             raise ProtocolError(f"--set {ns}.{next(iter(keys))}: {ns!r} is {kind}; {what} takes settings of "
                                 f"{', '.join(sorted(allowed))}")
 
