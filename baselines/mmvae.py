@@ -8,7 +8,7 @@ Reference code: github.com/iffsid/mmvae (src/objectives.py `m_dreg_looser`, src/
 Posterior: q(z | X) = (1/M) Σ_m q_m(z | x_m), a uniform mixture of the unimodal experts;
 for a subset S, the mixture of the experts in S.
 Objective (the paper's stratified, "looser" IWAE bound, eq. 4 with the mean over experts
-outside the log), K = `iwae_k` importance samples drawn from EACH expert:
+outside the log), K = `MMVAEConfig.K` importance samples drawn from EACH expert:
     L = (1/M) Σ_m E_{z_m^{1..K} ~ q_m} [ log (1/K) Σ_k w(z_m^k) ],
     log w(z) = Σ_d log p(x_d | z) + β [log p(z) − log (1/M) Σ_j q_j(z | x_j)],
 trained with the DReG estimator (Tucker et al. 2019; the reference's `--obj dreg --looser`):
@@ -39,10 +39,13 @@ Known differences from the reference code, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from shala_bench.backbones import make_decoders, make_encoders
+from shala_bench.config import Config, ge, gt, inherit, setting
 from shala_bench.contract import MultimodalVAE
 from shala_bench.distributions import (dreg_surrogate, gaussian_log_prob, log_mean_exp, reparameterize,
                                        standard_normal_log_prob)
@@ -50,11 +53,17 @@ from shala_bench.hookspecs import hookimpl
 from shala_bench.registry import ModelEntry
 
 
+@dataclass(frozen=True)
+class MMVAEConfig(Config):
+    K: int = setting(1, range=gt(0), doc="importance samples per expert (1: the field's PolyMNIST value)")
+    beta: float | None = inherit("beta", range=ge(0), doc="β on the latent terms (None: the recipe's; 1 = the bound)")
+
+
 class MMVAE(MultimodalVAE):
     bound_name = "iwae_moe_stratified"
 
-    def __init__(self, spec, protocol):
-        super().__init__(spec, protocol)
+    def __init__(self, spec, protocol, config: MMVAEConfig):
+        super().__init__(spec, protocol, config)
         D = protocol.latent_dim
         self.encoders = make_encoders(spec.modalities, D)
         self.decoders = make_decoders(spec.modalities, D)
@@ -86,13 +95,13 @@ class MMVAE(MultimodalVAE):
 
     # ------------------------------------------------------------ contract
     def loss(self, batch, stage="vae"):
-        log_w, z = self.log_weights(batch, self.protocol.iwae_k, self.protocol.beta, dreg=True)
+        log_w, z = self.log_weights(batch, self.config.K, self.config.beta, dreg=True)
         surrogate = dreg_surrogate(log_w, z, dim=1).mean(0)  # (B,), gradient = DReG estimate
         bound = log_mean_exp(log_w.detach(), dim=1).mean(0)
         return -surrogate.mean(), {"bound": bound.mean()}
 
     def negative_bound(self, batch):
-        return -self.bound(batch, self.protocol.iwae_k)
+        return -self.bound(batch, self.config.K)
 
     def encode(self, x):
         mu, _, _ = self.experts(x)
@@ -115,4 +124,4 @@ class MMVAE(MultimodalVAE):
 
 @hookimpl
 def shala_bench_register_models():
-    return [ModelEntry("mmvae", MMVAE, __doc__)]
+    return [ModelEntry("mmvae", MMVAE, __doc__, config=MMVAEConfig, config_defaults={"smoke": {"K": 2}})]

@@ -7,7 +7,7 @@ Multimodal VAEs without Compromises", ICLR 2023.
 Reference code: github.com/srl-ethz/mmvaeplus (src/objectives.py `m_elbo`, src/models/
 mmvaeplus.py, mmvaeplus_polyMNIST.py, vae_polyMNIST_single_modality.py,
 encoder_decoder_blocks/resnet_polyMNIST.py).
-Latents: shared z (D_z = `latent_dim`) and modality-specific w_m (D_w = `w_dim`). Each
+Latents: shared z (D_z = `latent_dim`) and modality-specific w_m (D_w = `MMVAEPlusConfig.w_dim`). Each
 encoder emits u_m = (w_m, z) of size D_w + D_z and is split; each decoder reads (w_m, z).
 Posterior: q(z | X) = (1/M) Σ_m q_m(z | x_m) (mixture of experts), q(w_m | x_m) per modality;
 all Laplace, scale = softmax(h) · D + η per block (the reference's parameterisation).
@@ -15,7 +15,7 @@ Priors: p(z) = Laplace(0, 1), p(w_m) = Laplace(0, 1) (fixed). Auxiliary priors
 r_m(w_m) = Laplace(0, softmax(θ_m) · D_w + η) with learnable θ_m (the reference's
 "important that this is learnable"), used wherever w_m is NOT inferred from x_m.
 Objective (the reference's "elbo", DReG-free; the mixture-stratified looser IWAE bound),
-K = `iwae_k` samples from each expert r:
+K = `MMVAEPlusConfig.K` samples from each expert r:
     L = (1/M) Σ_r log (1/K) Σ_k w_r^k,   (w_r, z) ~ q_r(w_r, z | x_r),
     log w_r = log p(x_r | w_r, z) + Σ_{d≠r} log p(x_d | w̃_d, z), w̃_d ~ r_d  (rsample)
               + β [log p(z) + log p(w_r) − log (1/M) Σ_j q_j(z | x_j) − log q_r(w_r | x_r)].
@@ -47,11 +47,14 @@ Known differences from the reference code, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Laplace
 
 from shala_bench.backbones import make_decoders, make_encoders
+from shala_bench.config import Config, ge, gt, inherit, setting
 from shala_bench.contract import MultimodalVAE
 from shala_bench.distributions import laplace_log_prob_latent, laplace_rsample, log_mean_exp
 from shala_bench.hookspecs import hookimpl
@@ -65,12 +68,19 @@ def softmax_scale(h: Tensor) -> Tensor:
     return torch.softmax(h, dim=-1) * h.shape[-1] + ETA
 
 
+@dataclass(frozen=True)
+class MMVAEPlusConfig(Config):
+    K: int = setting(1, range=gt(0), doc="importance samples per expert (1: the authors' PolyMNIST value)")
+    w_dim: int = setting(32, range=gt(0), doc="D_w: size of each modality-specific latent w_m")
+    beta: float | None = inherit("beta", range=ge(0), doc="β on the latent terms (None: the recipe's)")
+
+
 class MMVAEPlus(MultimodalVAE):
     bound_name = "mmvaeplus_iwae_looser"
 
-    def __init__(self, spec, protocol):
-        super().__init__(spec, protocol)
-        self.Dz, self.Dw = protocol.latent_dim, protocol.w_dim
+    def __init__(self, spec, protocol, config: MMVAEPlusConfig):
+        super().__init__(spec, protocol, config)
+        self.Dz, self.Dw = protocol.latent_dim, config.w_dim
         self.encoders = make_encoders(spec.modalities, self.Dw + self.Dz)
         self.decoders = make_decoders(spec.modalities, self.Dw + self.Dz)
         # θ_m of the auxiliary priors r_m(w_m): learnable scale logits, zero location
@@ -119,11 +129,11 @@ class MMVAEPlus(MultimodalVAE):
 
     # ------------------------------------------------------------ contract
     def loss(self, batch, stage="vae"):
-        value = self.bound(batch, self.protocol.iwae_k, self.protocol.beta)
+        value = self.bound(batch, self.config.K, self.config.beta)
         return -value.mean(), {"bound": value.mean().detach()}
 
     def negative_bound(self, batch):
-        return -self.bound(batch, self.protocol.iwae_k)
+        return -self.bound(batch, self.config.K)
 
     def encode(self, x):
         _, _, z_loc, _ = self.experts(x)
@@ -150,4 +160,4 @@ class MMVAEPlus(MultimodalVAE):
 
 @hookimpl
 def shala_bench_register_models():
-    return [ModelEntry("mmvae+", MMVAEPlus, __doc__)]
+    return [ModelEntry("mmvae+", MMVAEPlus, __doc__, config=MMVAEPlusConfig, config_defaults={"smoke": {"K": 2}})]

@@ -41,10 +41,13 @@ Known differences from the reference code, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from shala_bench.backbones import make_decoders, make_encoders
+from shala_bench.config import Config, ge, inherit
 from shala_bench.contract import MultimodalVAE
 from shala_bench.distributions import kl_to_standard_normal, product_of_experts, reparameterize
 from shala_bench.hookspecs import hookimpl
@@ -92,11 +95,16 @@ def subset_poe(mu: Tensor, logvar: Tensor, masks: Tensor) -> tuple[Tensor, Tenso
     return weighted / total, -torch.log(total)
 
 
+@dataclass(frozen=True)
+class MoPoEConfig(Config):
+    beta: float | None = inherit("beta", range=ge(0), doc="β of the mixture of KLs (None: the recipe's)")
+
+
 class MoPoE(MultimodalVAE):
     bound_name = "generalized_elbo"
 
-    def __init__(self, spec, protocol):
-        super().__init__(spec, protocol)
+    def __init__(self, spec, protocol, config: MoPoEConfig):
+        super().__init__(spec, protocol, config)
         D = protocol.latent_dim
         self.encoders = make_encoders(spec.modalities, D)
         self.decoders = make_decoders(spec.modalities, D)
@@ -131,7 +139,7 @@ class MoPoE(MultimodalVAE):
 
     # ------------------------------------------------------------ contract
     def loss(self, batch, stage="vae"):
-        elbo = self.elbo(batch, self.protocol.beta)
+        elbo = self.elbo(batch, self.config.beta)
         return -elbo.mean(), {"elbo": elbo.mean().detach()}
 
     def negative_bound(self, batch):
@@ -152,4 +160,4 @@ class MoPoE(MultimodalVAE):
 
 @hookimpl
 def shala_bench_register_models():
-    return [ModelEntry("mopoe", MoPoE, __doc__)]
+    return [ModelEntry("mopoe", MoPoE, __doc__, config=MoPoEConfig)]

@@ -9,7 +9,7 @@ includes the prior expert, in closed form for every subset S.
 Objective (sub-sampled training, the paper's eq. 5): for each batch
     L = ELBO(X_{1..M}) + Σ_m ELBO(x_m) + Σ_{j=1..J} ELBO(X_{S_j}),
     ELBO(X_S) = E_{q(z|X_S)}[Σ_{m∈S} log p(x_m | z)] − β KL(q(z|X_S) || N(0, I)),
-with J = `mvae_subsets` random subsets, drawn per sample (vectorised as masks).
+with J = `MVAEConfig.subsets` random subsets, drawn per sample (vectorised as masks).
 Likelihood: Laplace with scale 0.75 for images, as in MoPoE / MMVAE+ (the paper used
 Bernoulli on MNIST).
 `paper` profile: the MoPoE PolyMNIST recipe for MVAE (shared with every model).
@@ -19,19 +19,28 @@ as for every model here); harness backbones instead of the paper's MLPs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from shala_bench.backbones import make_decoders, make_encoders
+from shala_bench.config import Config, ge, inherit, setting
 from shala_bench.contract import MultimodalVAE
 from shala_bench.distributions import kl_to_standard_normal, product_of_experts, reparameterize
 from shala_bench.hookspecs import hookimpl
 from shala_bench.registry import ModelEntry
 
 
+@dataclass(frozen=True)
+class MVAEConfig(Config):
+    beta: float | None = inherit("beta", range=ge(0), doc="β of every ELBO term (None: the recipe's)")
+    subsets: int = setting(1, range=ge(0), doc="J: random-subset ELBOs per step besides joint and unimodal")
+
+
 class MVAE(MultimodalVAE):
-    def __init__(self, spec, protocol):
-        super().__init__(spec, protocol)
+    def __init__(self, spec, protocol, config: MVAEConfig):
+        super().__init__(spec, protocol, config)
         D = protocol.latent_dim
         self.encoders = make_encoders(spec.modalities, D)
         self.decoders = make_decoders(spec.modalities, D)
@@ -55,7 +64,7 @@ class MVAE(MultimodalVAE):
         for i in decoded:
             m = self.modalities[i]
             rec = rec + mask[i].to(z.dtype) * self.log_likelihood(m, x[m], self.decoders[m](z))
-        return rec - self.protocol.beta * kl_to_standard_normal(mu, logvar)
+        return rec - self.config.beta * kl_to_standard_normal(mu, logvar)
 
     def elbo_terms(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
         mu_e, logvar_e, _ = self.experts(x)  # all M experts, encoded once
@@ -66,7 +75,7 @@ class MVAE(MultimodalVAE):
         eye = torch.eye(M, device=dev)
         terms["unimodal"] = sum(self.elbo(x, mu_e, logvar_e, eye[i], [i]) for i in range(M))
         if M > 2:
-            for _ in range(self.protocol.mvae_subsets):
+            for _ in range(self.config.subsets):
                 # a random subset per sample with 2 <= |S| <= M-1 (joint and unimodal are counted already)
                 k = torch.randint(2, M, (B,), device=dev)
                 ranks = torch.rand(M, B, device=dev).argsort(0).argsort(0)
@@ -104,4 +113,4 @@ class MVAE(MultimodalVAE):
 
 @hookimpl
 def shala_bench_register_models():
-    return [ModelEntry("mvae", MVAE, __doc__)]
+    return [ModelEntry("mvae", MVAE, __doc__, config=MVAEConfig)]

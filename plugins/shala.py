@@ -15,11 +15,15 @@ public and we have not read the full paper: nothing below is [paper].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from shala_bench.backbones import make_decoders, make_encoders
+from shala_bench.config import Config, ge, gt, inherit, setting, unit
 from shala_bench.contract import MultimodalVAE, StageBudget
+from shala_bench.errors import ProtocolError
 from shala_bench.distributions import kl_to_standard_normal, reparameterize
 from shala_bench.hookspecs import hookimpl
 from shala_bench.plugins.latent_diffusion import Denoiser, GaussianDiffusion
@@ -33,15 +37,71 @@ def random_subsets(B: int, M: int, k_min: int, k_max: int, device) -> Tensor:
     return ranks < k
 
 
+@dataclass(frozen=True)
+class ShaLaConfig(Config):
+    """Stage 1 (shala-noprior, and the first stage of every variant)."""
+
+    beta: float | None = inherit("beta", range=ge(0), doc="β of the stage-1 ELBO (None: the recipe's)")
+    embed_dim: int = setting(64, range=gt(0), doc="E: width of the fusion of the per-modality embeddings")
+    modality_dropout: float = setting(0.5, range=unit(False), doc="stage 1: P(train on a random proper subset)")
+
+
+@dataclass(frozen=True)
+class ShaLaPriorConfig(ShaLaConfig):
+    """shala-fused (and `shala`): stage 1 + the latent diffusion prior (plugins/latent_diffusion.py). The paper
+    publishes none of the prior's numbers; these are ours."""
+
+    prior_max_samples: int | None = inherit("max_train_samples", range=gt(0),
+                                            doc="cap on the prior stage's training samples (None: the recipe's)")
+    prior_lr: float | None = inherit("lr", range=gt(0), doc="Adam learning rate of the prior stage (None: the recipe's)")
+    diffusion_T: int = setting(1000, range=gt(0), doc="diffusion steps of the noise schedule")
+    denoiser_width: int = setting(256, range=gt(0), doc="residual-MLP denoiser width")
+    denoiser_depth: int = setting(3, range=gt(0), doc="residual-MLP denoiser blocks")
+    cond_dropout: float = setting(0.2, range=unit(False), doc="P(condition replaced by the null token) in training")
+    sample_steps: int = setting(50, range=gt(0), evaluation=True, doc="DDIM steps when sampling")
+    guidance_scale: float = setting(1.0, range=ge(0), evaluation=True, doc="classifier-free guidance w")
+    ddim_eta: float = setting(0.0, range=unit(True), evaluation=True, doc="DDIM eta (0 deterministic, 1 ancestral)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sample_steps > self.diffusion_T:
+            raise ProtocolError(f"{self.namespace_hint()}sample_steps={self.sample_steps} must be <= "
+                                f"diffusion_T={self.diffusion_T}")
+
+
+@dataclass(frozen=True)
+class ShaLaJointConfig(ShaLaPriorConfig):
+    """shala-cond: a joint stage 1 (modality dropout off unless set: a trained setting the selection study may
+    measure)."""
+
+    modality_dropout: float = setting(0.0, range=unit(False), doc="stage 1: P(train on a random proper subset)")
+
+
+@dataclass(frozen=True)
+class ShaLaPostConfig(ShaLaJointConfig):
+    """shala-post: its training-free posterior sampler p(z | X_S) ∝ p_diff(z) Π_{m∈S} p(x_m | z) (evaluation
+    settings, chosen on validation)."""
+
+    post_weight: float = setting(1.0, range=ge(0), evaluation=True, doc="likelihood weight w (1 = DPS)")
+    post_steps: int = setting(25, range=gt(0), evaluation=True, doc="DDIM predictor steps of posterior sampling")
+    post_langevin: int = setting(0, range=ge(0), evaluation=True, doc="annealed-Langevin corrector steps per level")
+    post_snr: float = setting(0.16, range=gt(0), evaluation=True, doc="corrector step-size ratio")
+
+
+# profile defaults of every ShaLa config (fields a config lacks are not set)
+SMOKE = {"diffusion_T": 50, "sample_steps": 5}
+QUICK = {"sample_steps": 20}  # 50 DDIM steps took 94 s of conditional coherence, 30 % of training (M = 5)
+
+
 class ShaLaVAE(MultimodalVAE):
     """Stage 1: per-modality embeddings h_m -> fusion -> q(z | X_S) = N(μ_S, σ²_S); Gaussian prior."""
 
     stages = ("vae",)
     bound_name = "elbo"
 
-    def __init__(self, spec, protocol):
-        super().__init__(spec, protocol)
-        D, E, M = protocol.latent_dim, protocol.shala_embed_dim, len(self.modalities)
+    def __init__(self, spec, protocol, config: ShaLaConfig):
+        super().__init__(spec, protocol, config)
+        D, E, M = protocol.latent_dim, config.embed_dim, len(self.modalities)
         self.encoders = make_encoders(spec.modalities, D)  # x_m -> (μ-head, logvar-head), read as h_m
         self.decoders = make_decoders(spec.modalities, D)
         H = 2 * D  # size of one embedding h_m
@@ -81,9 +141,9 @@ class ShaLaVAE(MultimodalVAE):
         """S per sample: all modalities w.p. 1 - p, else a proper subset with |S| ~ U{1..M-1}. (B, M) bool"""
         M = len(self.modalities)
         full = torch.ones(B, M, dtype=torch.bool, device=self.device)
-        if M < 2 or self.protocol.shala_modality_dropout <= 0:
+        if M < 2 or self.config.modality_dropout <= 0:
             return full
-        drop = torch.rand(B, 1, device=self.device) < self.protocol.shala_modality_dropout
+        drop = torch.rand(B, 1, device=self.device) < self.config.modality_dropout
         return torch.where(drop, random_subsets(B, M, 1, M - 1, self.device), full)
 
     def elbo(self, x: dict[str, Tensor], mu: Tensor, logvar: Tensor, beta: float,
@@ -102,14 +162,14 @@ class ShaLaVAE(MultimodalVAE):
         h, _ = self.embed(batch)
         S = self.modality_dropout(h.shape[0])
         _, mu, logvar = self.fuse(h, S)
-        elbo, rec, kl = self.elbo(batch, mu, logvar, self.protocol.beta, observed=S)
+        elbo, rec, kl = self.elbo(batch, mu, logvar, self.config.beta, observed=S)
         logs = {"rec": rec.mean().detach(), "kl": kl.mean().detach(), "frac_joint": S.all(1).float().mean()}
         return -elbo.mean(), logs
 
     def stage_budget(self, stage):
         p = self.protocol
         if stage == "prior":
-            return StageBudget(p.prior_max_samples, p.prior_lr, "dataset")
+            return StageBudget(self.config.prior_max_samples, self.config.prior_lr, "dataset")
         # stage 1 of a two-stage variant cannot generate through its prior yet: select it on its own validation
         # bound (shala-noprior, stage 1 alone, generates from N(0, I) and selects on the dataset's metric)
         return StageBudget(p.max_train_samples, p.lr, "loss" if len(self.stages) > 1 else "dataset")
@@ -138,12 +198,12 @@ class ShaLaFused(ShaLaVAE):
     stages = ("vae", "prior")
     encode_draws = 0  # > 0: encode(X_S) of a proper subset is the mean of that many draws of p(z | X_S)
 
-    def __init__(self, spec, protocol):
-        super().__init__(spec, protocol)
-        p = protocol
-        self.diffusion = GaussianDiffusion(p.diffusion_T)
-        self.denoiser = Denoiser(p.latent_dim, self.condition_dim(), p.shala_denoiser_width, p.shala_denoiser_depth,
-                                 p.diffusion_T)
+    def __init__(self, spec, protocol, config: ShaLaPriorConfig):
+        super().__init__(spec, protocol, config)
+        c = config
+        self.diffusion = GaussianDiffusion(c.diffusion_T)
+        self.denoiser = Denoiser(protocol.latent_dim, self.condition_dim(), c.denoiser_width, c.denoiser_depth,
+                                 c.diffusion_T)
         # the diffusion runs on s·z with s = 1 / std of the aggregated posterior (the LDM scale factor), so the
         # schedule's noise levels mean the same whatever scale stage 1 settled on; set at the first prior step
         # and checkpointed with the model (0 = not set yet)
@@ -152,7 +212,7 @@ class ShaLaFused(ShaLaVAE):
 
     def condition_dim(self) -> int:
         """Size of the denoiser's condition c_S (0: an unconditional denoiser)."""
-        return self.protocol.shala_embed_dim
+        return self.config.embed_dim
 
     def prior_modules(self) -> list[nn.Module]:
         """The networks the "prior" stage trains; everything else is stage 1 and frozen there."""
@@ -192,7 +252,7 @@ class ShaLaFused(ShaLaVAE):
                     self.z_scale.fill_(1.0 / float(z0.std().clamp(min=1e-3)))
                 self._z_scale_checked = True
         c = self.condition(h, S, features) if self.condition_dim() > 0 else None
-        per_sample = self.diffusion.loss(self.denoiser, self.z_scale * z0, c, self.protocol.cond_dropout)
+        per_sample = self.diffusion.loss(self.denoiser, self.z_scale * z0, c, self.config.cond_dropout)
         return per_sample.mean(), {"diffusion_mse": per_sample.mean().detach()}
 
     def latent_scale(self) -> float:
@@ -200,8 +260,8 @@ class ShaLaFused(ShaLaVAE):
 
     def prior_sample(self, n: int, c: Tensor | None = None) -> Tensor:
         """z ~ p_θ(z | c) (c = None: the unconditional prior), back on the scale of the decoders. (n, D)"""
-        p = self.protocol
-        zs = self.diffusion.sample(self.denoiser, n, c, p.sample_steps, p.guidance_scale, p.shala_ddim_eta)
+        p = self.config
+        zs = self.diffusion.sample(self.denoiser, n, c, p.sample_steps, p.guidance_scale, p.ddim_eta)
         return zs / self.latent_scale()
 
     def conditional_sample(self, x_subset: dict[str, Tensor]) -> Tensor:
@@ -225,20 +285,6 @@ class ShaLaFused(ShaLaVAE):
 ShaLa = ShaLaFused  # `shala` is registered as this design until the selection study picks a variant
 
 
-class JointStageOne:
-    """Stage 1 of shala-cond and shala-post: the plain joint VAE, every modality present, unless
-    shala_joint_modality_dropout > 0 (then shala-fused's dropout with that probability)."""
-
-    def modality_dropout(self, B: int) -> Tensor:
-        p = self.protocol.shala_joint_modality_dropout
-        M = len(self.modalities)
-        full = torch.ones(B, M, dtype=torch.bool, device=self.device)
-        if M < 2 or p <= 0:
-            return full
-        drop = torch.rand(B, 1, device=self.device) < p
-        return torch.where(drop, random_subsets(B, M, 1, M - 1, self.device), full)
-
-
 class ConditionEncoder(nn.Module):
     """shala-cond's trainable encoding of a subset X_S: own heads g_m on the frozen stage-1 trunk features,
     learned absent-modality slots, then a fusion of the same shape as stage 1's. (B, E)"""
@@ -260,15 +306,16 @@ class ConditionEncoder(nn.Module):
         return self.fusion(slots.flatten(1))  # (B, E)
 
 
-class ShaLaCond(JointStageOne, ShaLaFused):
-    """Joint stage 1; stage 2 a conditional latent DDPM on z ~ q(z | X) given a trainable encoding of X_S."""
+class ShaLaCond(ShaLaFused):
+    """Joint stage 1 (ShaLaJointConfig: no modality dropout by default); stage 2 a conditional latent DDPM on
+    z ~ q(z | X) given a trainable encoding of X_S."""
 
     encode_draws = 4
 
-    def __init__(self, spec, protocol):
-        super().__init__(spec, protocol)
+    def __init__(self, spec, protocol, config: ShaLaJointConfig):
+        super().__init__(spec, protocol, config)
         sizes = {m: self.encoders[m].mu.weight[0].numel() for m in self.modalities}  # what the heads read
-        self.cond_encoder = ConditionEncoder(sizes, 2 * protocol.latent_dim, protocol.shala_embed_dim)
+        self.cond_encoder = ConditionEncoder(sizes, 2 * protocol.latent_dim, config.embed_dim)
 
     def prior_modules(self):
         return [self.denoiser, self.cond_encoder]
@@ -277,7 +324,7 @@ class ShaLaCond(JointStageOne, ShaLaFused):
         return self.cond_encoder(features, mask)
 
 
-class ShaLaPost(JointStageOne, ShaLaFused):
+class ShaLaPost(ShaLaFused):
     """Joint stage 1; stage 2 an unconditional latent DDPM; p(z | X_S) ∝ p_diff(z) Π_{m∈S} p(x_m | z) sampled
     without training (DPS, optionally with annealed-Langevin correctors)."""
 
@@ -287,15 +334,15 @@ class ShaLaPost(JointStageOne, ShaLaFused):
         return 0
 
     def conditional_sample(self, x_subset):
-        names, p, s = self.check_subset(x_subset), self.protocol, self.latent_scale()
+        names, p, s = self.check_subset(x_subset), self.config, self.latent_scale()
         n = x_subset[names[0]].shape[0]
 
         def log_lik(zs: Tensor) -> Tensor:  # Σ_{m∈S} log p(x_m | z) at z = zs / s, per sample (n,)
             z = zs / s
             return sum(self.log_likelihood(m, x_subset[m], self.decoders[m](z)) for m in names)
 
-        zs = self.diffusion.posterior_sample(self.denoiser, n, log_lik, p.shala_post_steps, p.shala_post_weight,
-                                             p.shala_ddim_eta, p.shala_post_langevin, p.shala_post_snr)
+        zs = self.diffusion.posterior_sample(self.denoiser, n, log_lik, p.post_steps, p.post_weight, p.ddim_eta,
+                                             p.post_langevin, p.post_snr)
         return zs / s
 
 
@@ -318,14 +365,14 @@ Shared by every variant
 - [ours] h_m = [μ-head, logvar-head] of the harness's encoder backbone for modality m (2D numbers),
   so the networks are exactly the baselines'. Fusion over M slots: c = f(concat_m s_m), s_m = h_m if
   observed else a learned absent-slot e_m, f = Linear(2MD -> E)-SiLU-Linear(E -> E)-SiLU
-  (E = shala_embed_dim), (μ, log σ²) = Linear(E -> 2D)(c). Cost linear in M.
-- [ours] Laplace likelihoods (the harness's); β = protocol beta; `negative_bound` = −ELBO(X_{1..M}), β = 1.
+  (E = embed_dim), (μ, log σ²) = Linear(E -> 2D)(c). Cost linear in M.
+- [ours] Laplace likelihoods (the harness's); β = the config's beta (default: the recipe's); `negative_bound` = −ELBO(X_{1..M}), β = 1.
 - [ours] Stage 2 ("prior", stage-1 networks frozen): DDPM with v-prediction (Salimans & Ho), linear β
   schedule rescaled to diffusion_T steps, on s·z with s = 1/std of the aggregated posterior (LDM's
   scale factor, set at the first prior step), targets z_0 ~ q(z | X_{1..M}) SAMPLED (the aggregated
   posterior the decoders were trained on), not the means; residual-MLP denoiser
-  (shala_denoiser_width × shala_denoiser_depth, sinusoidal time embedding), all in
-  plugins/latent_diffusion.py and shared by every variant. DDIM sampling, eta = shala_ddim_eta,
+  (denoiser_width × denoiser_depth, sinusoidal time embedding), all in
+  plugins/latent_diffusion.py and shared by every variant. DDIM sampling, eta = ddim_eta,
   sample_steps steps. `sample(n)`: z ~ p_θ(z) (the unconditional prior) -> decode all.
 - [ours] Whether the paper trains stage 1 with modality dropout, how it encodes a subset, and how it
   generates one modality from others: unknown. The variants are our candidates for that part.
@@ -338,7 +385,7 @@ Card
 {provenance}
 This variant (the first design; `shala` until the selection study runs)
 - [ours] Stage 1 with modality dropout: per sample, S = all modalities w.p. 1 - p, else
-  (p = shala_modality_dropout) a random proper subset with |S| ~ U{{1..M-1}}; maximise
+  (p = modality_dropout) a random proper subset with |S| ~ U{{1..M-1}}; maximise
   ELBO(X_S) = E_q(z|X_S)[Σ_{{m∈S}} log p(x_m | z)] − β KL(q(z | X_S) || N(0, I)) of the OBSERVED
   modalities only. Why: reconstructing all modalities from X_S made the decoders fall back to the
   average image on polymnist-synth (unpredictable backgrounds; coherence at chance).
@@ -364,7 +411,7 @@ This variant
   M = 2 run (seed 0) measured the joint stage-1 latent at 0.44 linear-probe accuracy on the digit, against
   0.61 for shala-fused's dropout stage 1 in the committed M = 2 records (an older commit); its k = 1
   coherence was 0.11 (chance 0.10), while a linear probe on the frozen trunk features of one modality
-  gives 0.88. So shala_joint_modality_dropout (a trained setting, default 0) turns shala-fused's
+  gives 0.88. So their modality_dropout (a trained setting, default 0 for them) turns shala-fused's
   dropout on here; the selection study should train both.
 - [ours] Stage 2 trains the denoiser on joint-posterior samples z ~ q(z | X) conditioned on c_S =
   g(X_S) for a random subset S per sample (|S| ~ U{{1..M}}), with condition dropout (cond_dropout) to a
@@ -373,7 +420,7 @@ This variant
 - [ours] The condition encoder g is TRAINABLE in stage 2 (stage-1 networks stay frozen): per modality
   its own head Linear(F_m -> 2D)-SiLU on the frozen stage-1 encoder trunk's features (F_m = 2048 for
   PolyMNIST: the input of the μ/logvar heads), learned absent slots, and its own fusion of the same
-  shape as stage 1's (E = shala_embed_dim). Why heads on the frozen trunks and not copies of the
+  shape as stage 1's (E = embed_dim). Why heads on the frozen trunks and not copies of the
   encoders: the trunks already run in stage 2 to give z ~ q(z | X), so the condition costs one Linear
   per modality and no convolution backward pass (measured at M = 5, batch 32, one thread: 43 ms per
   prior step against shala-fused's 33 ms; copies would add a convolution forward and backward per
@@ -392,14 +439,14 @@ Card
 ----
 {provenance}
 This variant
-- [ours] Stage 1 as shala-cond's (joint VAE; modality dropout only with shala_joint_modality_dropout > 0);
+- [ours] Stage 1 as shala-cond's (joint VAE; modality dropout only with modality_dropout > 0);
   stage 2 an UNCONDITIONAL latent DDPM on z ~ q(z | X) (no condition, no dropout).
 - [ours] generate(X_S, targets) samples p(z | X_S) ∝ p_diff(z) Π_{{m∈S}} p(x_m | z) with the stage-1
-  decoders' likelihoods, no training: DDIM predictor steps (shala_post_steps) on the posterior score
+  decoders' likelihoods, no training: DDIM predictor steps (post_steps) on the posterior score
   ∇ log p_t(z_t) + w ∇_{{z_t}} Σ_{{m∈S}} log p(x_m | ẑ_0(z_t)) — diffusion posterior sampling (Chung et al.,
   ICLR 2023), in the classifier-guidance form ε̂ <- ε̂ − w sqrt(1 − ᾱ_t) ∇ — optionally with
-  shala_post_langevin annealed-Langevin corrector steps per level (Song et al. 2021's predictor-
-  corrector; step 2 (snr ‖ξ‖/‖s‖)², snr = shala_post_snr). w = shala_post_weight (1 = DPS's
+  post_langevin annealed-Langevin corrector steps per level (Song et al. 2021's predictor-
+  corrector; step 2 (snr ‖ξ‖/‖s‖)², snr = post_snr). w = post_weight (1 = DPS's
   approximate posterior). All four are evaluation settings, chosen on validation.
 - [ours] Known bias: DPS alone approximates p(x_S | z_t) by p(x_S | ẑ_0(z_t)), ignoring the spread of z_0
   given z_t; on a 2-D Gaussian toy it overshoots the posterior mean and is too narrow
@@ -409,7 +456,7 @@ This variant
 - Cost [ours]: each sampling step runs the |S| observed decoders forward and backward, so conditional
   evaluation costs far more than shala-cond's MLP-only sampling (measured at M = 5, 500 tuples, 25
   steps, one thread: 5.6 s from one modality and 17 s from four, against 1.2 s and 1.0 s for
-  shala-cond's 20 DDIM steps), times 1 + shala_post_langevin with correctors.
+  shala-cond's 20 DDIM steps), times 1 + post_langevin with correctors.
 {known}"""
 
 SHALA_ALIAS = """ShaLa (AAAI 2026) as benchmarked: currently the fused-condition variant (shala-fused), until the validation selection study runs.
@@ -464,11 +511,16 @@ CARDS = {
 }
 # the variant `shala` stands for; benchmarks/select_shala_variant.py's result goes here (with its card)
 SHALA_VARIANT = "shala-fused"
-VARIANTS = {"shala-fused": ShaLaFused, "shala-cond": ShaLaCond, "shala-post": ShaLaPost}
+VARIANTS = {"shala-fused": (ShaLaFused, ShaLaPriorConfig), "shala-cond": (ShaLaCond, ShaLaJointConfig),
+            "shala-post": (ShaLaPost, ShaLaPostConfig)}
 
 
 @hookimpl
 def shala_bench_register_models():
-    entries = [ModelEntry("shala", VARIANTS[SHALA_VARIANT], CARDS["shala"])]
-    entries += [ModelEntry(name, cls, CARDS[name]) for name, cls in VARIANTS.items()]
-    return entries + [ModelEntry("shala-noprior", ShaLaVAE, CARDS["shala-noprior"])]
+    def entry(name: str, variant: str) -> ModelEntry:
+        cls, config = {**VARIANTS, "shala-noprior": (ShaLaVAE, ShaLaConfig)}[variant]
+        defaults = {"smoke": {k: v for k, v in {**SMOKE, "post_steps": 5}.items() if hasattr(config, k)},
+                    "quick": {k: v for k, v in QUICK.items() if hasattr(config, k)}}
+        return ModelEntry(name, cls, CARDS[name], config=config, config_defaults={k: v for k, v in defaults.items() if v})
+
+    return [entry("shala", SHALA_VARIANT)] + [entry(name, name) for name in VARIANTS] + [entry("shala-noprior", "shala-noprior")]

@@ -19,12 +19,13 @@ import sys  # noqa: E402
 from shala_bench.errors import ShalaBenchError  # noqa: E402
 
 # Order of `--help`.
-COMMANDS = ["run", "eval", "reproduce", "list", "compare", "leaderboard", "data", "sweep", "status", "cancel"]
+COMMANDS = ["run", "config", "eval", "reproduce", "list", "compare", "leaderboard", "data", "sweep", "status", "cancel"]
 
 EPILOG = """examples:
   shala-bench list
   shala-bench run --model mvae                      # polymnist-synth, quick profile, seed 0
   shala-bench run --model mvae --profile smoke --set max_train_samples=640 --seed 1
+  shala-bench config --model mopoe --set mopoe.beta=2.5   # resolved settings, where each came from
   shala-bench compare                               # tables of every record under runs/
 """
 

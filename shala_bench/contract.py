@@ -43,10 +43,11 @@ class MultimodalVAE(nn.Module):
     #: Name of the bound `loss` optimises (shown beside the test-set value in records).
     bound_name: str = "elbo"
 
-    def __init__(self, spec: DatasetSpec, protocol: Protocol):
+    def __init__(self, spec: DatasetSpec, protocol: Protocol, config=None):
         super().__init__()
         self.spec = spec
-        self.protocol = protocol
+        self.protocol = protocol  # the shared recipe
+        self.config = config  # the model's own settings (its Config dataclass), or None when it has none
         self.modalities: list[str] = spec.names
 
     # ------------------------------------------------------------ the contract

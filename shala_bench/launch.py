@@ -28,7 +28,9 @@ class RunSpec:
     dataset: str = "polymnist-synth"
     profile: str = "quick"
     seed: int = 0
-    overrides: tuple[tuple[str, object], ...] = ()  # already type-checked (protocol.parse_overrides)
+    # protocol.parse_overrides' pairs: recipe keys type-checked, `<model>.<key>` kept as text until resolved; the
+    # namespaces of other registered models are ignored (a sweep passes its overrides to every cell)
+    overrides: tuple[tuple[str, object], ...] = ()
     results: str = "runs"
     resume: bool = False
     device: str = "auto"
@@ -53,12 +55,51 @@ def pick_device(device: str) -> torch.device:
 @dataclass
 class Prepared:
     spec: RunSpec
-    protocol: object
+    protocol: object  # the recipe
     model_entry: object
     dataset_entry: object
     dir: Path
     device: torch.device
+    config: object = None  # the model's own settings (its Config), resolved
+    config_sources: dict = field(default_factory=dict)  # field -> where its value came from
     extra: dict = field(default_factory=dict)
+
+
+def check_namespaces(overrides: dict, allowed: set[str], registry, what: str) -> None:
+    """Every `<namespace>.<key>` override names one of `allowed` (this run's model and dataset); ProtocolError
+    naming the namespace otherwise (an unknown one, or another model's, with the close matches)."""
+    from shala_bench.config import split_overrides
+
+    for ns, keys in split_overrides(overrides)[1].items():
+        if ns not in allowed:
+            known = set(registry.models) | set(registry.datasets)
+            if ns in known:
+                kind = "another model's or dataset's settings"
+            else:
+                import difflib
+
+                near = difflib.get_close_matches(ns, sorted(known), n=1)
+                kind = "no registered model or dataset" + (f" (did you mean {near[0]}?)" if near else "")
+            raise ProtocolError(f"--set {ns}.{next(iter(keys))}: {ns!r} is {kind}; {what} takes settings of "
+                                f"{', '.join(sorted(allowed))}")
+
+
+def resolve(spec: RunSpec, registry=None):
+    """(recipe, model entry, dataset entry, resolved model config) of a run's names, profile and overrides."""
+    from shala_bench.config import split_overrides
+    from shala_bench.registry import get_registry
+
+    reg = registry or get_registry()
+    model_entry = reg.get_model(spec.model)
+    ds_entry = reg.get_dataset(spec.dataset)
+    overrides = dict(spec.overrides)
+    spaced = split_overrides(overrides)[1]
+    unknown = sorted(set(spaced) - set(reg.models) - set(reg.datasets))
+    if unknown:
+        check_namespaces({k: v for k, v in overrides.items() if k.split(".")[0] in unknown},
+                         {spec.model, spec.dataset}, reg, "this run")
+    protocol = make_protocol(ds_entry, spec.profile, overrides)
+    return protocol, model_entry, ds_entry, model_entry.resolve(protocol, spaced.get(spec.model))
 
 
 def prepare(spec: RunSpec, registry=None) -> Prepared:
@@ -73,12 +114,10 @@ def prepare(spec: RunSpec, registry=None) -> Prepared:
     from shala_bench.callbacks import make_loggers
 
     make_loggers(spec.loggers)  # an unknown logger, or tensorboard not installed: one line, before anything runs
-    model_entry = reg.get_model(spec.model)
-    ds_entry = reg.get_dataset(spec.dataset)
-    protocol = make_protocol(ds_entry, spec.profile, dict(spec.overrides))
-    rid = run_id(spec.seed, protocol.n_modalities, protocol.hash)
+    protocol, model_entry, ds_entry, cfg = resolve(spec, reg)
+    rid = run_id(spec.seed, protocol.n_modalities, protocol.hash, cfg.config.hash)
     return Prepared(spec, protocol, model_entry, ds_entry, run_dir(Path(spec.results), spec.dataset, spec.model, rid),
-                    pick_device(spec.device))
+                    pick_device(spec.device), cfg.config, cfg.sources)
 
 
 def restarts(trainer: Trainer) -> int:
@@ -137,10 +176,11 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunReco
     data = prep.dataset_entry.loader(p, spec.cache_dir)
     t_data = time.perf_counter() - t0
     torch.manual_seed(spec.seed)
-    model = prep.model_entry.factory(data.spec, p)
+    model = prep.model_entry.build(data.spec, p, prep.config)
     record = RunRecord(
         run_id=prep.dir.name, model=spec.model, dataset=spec.dataset, seed=spec.seed, n_modalities=p.n_modalities,
-        profile=spec.profile, protocol_hash=p.hash, protocol=p.to_dict(), status="running",
+        profile=spec.profile, protocol_hash=p.hash, protocol=p.to_dict(), config=prep.config.to_dict(),
+        config_hash=prep.config.hash, status="running",
         n_params=sum(q.numel() for q in model.parameters()), hardware=hardware(dev), git_commit=git_commit(),
         versions=package_versions(), checkpoint=BEST, created=now(),
     )
@@ -154,7 +194,7 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunReco
     t_judges = time.perf_counter() - t0
     harness = [ProgressCallback(), CurvesCallback(), *make_loggers(spec.loggers)]
     trainer = Trainer(model, p, data.splits["train"], prep.dir, spec.seed, dev, progress=spec.progress,
-                      callbacks=[*harness, *callbacks], validator=validator)
+                      callbacks=[*harness, *callbacks], validator=validator, config_hash=prep.config.hash)
     try:
         state = trainer.fit(resume=spec.resume)
     except NonFiniteLoss as e:
@@ -244,15 +284,28 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
     ck_path = (src.parent / rec.checkpoint).resolve()
     if not rec.checkpoint or not ck_path.is_file():
         raise CheckpointError(f"checkpoint {ck_path} of run {src.parent} is missing")
-    bad = sorted(set(overrides or {}) - set(EVALUATION_FIELDS))
-    if bad:
-        raise ProtocolError(f"--set {bad[0]}: eval changes only evaluation settings ({', '.join(EVALUATION_FIELDS)}); "
-                            "retrain with `shala-bench run` to change the others")
-
     reg = registry or get_registry()
     model_entry, ds_entry = reg.get_model(rec.model), reg.get_dataset(rec.dataset)
+    if rec.protocol.get("protocol_version", 1) < 2:
+        raise RecordError(f"run {src.parent} was trained under protocol v{rec.protocol.get('protocol_version', 1)}, "
+                          "whose model settings this version keeps elsewhere: it cannot be re-evaluated; retrain it "
+                          "with `shala-bench run`")
+    from shala_bench.config import split_overrides
+
+    cfg_cls = model_entry.config
+    model_eval = set(cfg_cls.evaluation_fields()) if cfg_cls else set()
+    shared, spaced = split_overrides(overrides)
+    check_namespaces({k: v for k, v in (overrides or {}).items() if "." in k}, {rec.model}, reg, "eval of this run")
+    allowed = ", ".join(list(EVALUATION_FIELDS) + [f"{rec.model}.{k}" for k in sorted(model_eval)])
+    bad = sorted(set(shared) - set(EVALUATION_FIELDS)) + sorted(f"{rec.model}.{k}" for k in
+                                                                 set(spaced.get(rec.model, {})) - model_eval)
+    if bad:
+        raise ProtocolError(f"--set {bad[0]}: eval changes only evaluation settings ({allowed}); "
+                            "retrain with `shala-bench run` to change the others")
     kept = trained_fields(rec.protocol)
-    p = make_protocol(ds_entry, rec.profile, {**kept, **(overrides or {})})
+    p = make_protocol(ds_entry, rec.profile, {**kept, **shared})
+    recorded = {k: v for k, v in (rec.config or {}).items() if k not in model_eval}
+    cfg = model_entry.resolve(p, {**recorded, **spaced.get(rec.model, {})}).config
     dev = pick_device(device)
     ck = load_checkpoint(ck_path, fix="Retrain the run with `shala-bench run` (without --resume) after deleting it.")
     if ck.get("seed") != rec.seed or not _trained_under(ck.get("protocol_hash"), src, rec):
@@ -262,7 +315,7 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
     data = ds_entry.loader(p, cache_dir)
     t_data = time.perf_counter() - t0
     torch.manual_seed(rec.seed)
-    model = model_entry.factory(data.spec, p)
+    model = model_entry.build(data.spec, p, cfg)
     unfinished = [s for s in model.stages if s not in ck["state"]["completed"]]
     if unfinished:
         raise CheckpointError(f"checkpoint {ck_path} has not finished stage {unfinished[0]!r}; "
@@ -276,7 +329,7 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
                               "The model's code changed since it was trained: retrain it with `shala-bench run`.") \
             from None
 
-    rid = run_id(rec.seed, p.n_modalities, p.hash)
+    rid = run_id(rec.seed, p.n_modalities, p.hash, cfg.hash)
     root = Path(results) if results is not None else src.parent.parent.parent.parent
     out = run_dir(root, rec.dataset, rec.model, rid)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +345,8 @@ def evaluate_checkpoint(run: Path, overrides: dict | None = None, results: Path 
     train = {k: v for k, v in rec.timings.items() if k.startswith("train")}
     train_s = train.get("train_s") or 0
     new = dataclasses.replace(
-        rec, run_id=rid, protocol_hash=p.hash, protocol=p.to_dict(), metrics=metrics,
+        rec, run_id=rid, protocol_hash=p.hash, protocol=p.to_dict(), config=cfg.to_dict(), config_hash=cfg.hash,
+        metrics=metrics,
         timings={"data_s": round(t_data, 3), **train, "eval_s": round(eval_s, 3),
                  "eval_fraction_of_train": round(eval_s / train_s, 4) if train_s else None, **eval_timings},
         artifacts={**artifacts, "source_record": source},

@@ -1,10 +1,15 @@
-"""The protocol: one frozen, hashed set of numbers per (dataset, profile).
+"""The recipe: one frozen, hashed set of the numbers every model shares, per (dataset, profile).
 
-Every model trained under a protocol sees the same data, networks, budget and
-evaluation. The settings of all models live in the one protocol (a model ignores the
-ones that are not its own), so every model run under a profile carries the same hash
-and `compare` can rank them together; a `--set` override changes the hash of the runs
-it touches, and those are then never ranked against the rest.
+Every model trained under a recipe sees the same data, networks, likelihood, budget policy and
+evaluation; its hash (the **recipe hash**, stored as a record's ``protocol_hash``) decides what
+is ranked together. What belongs to one model alone is not here: it is the model's own config
+(`shala_bench.config`), declared beside the model, hashed apart (the **config hash**, part of
+the run id). A dataset's own settings (frames per clip, official split) are resolved the same
+way and kept in the recipe as ``dataset_settings``, since every model on that dataset shares
+them. `--set key=value` changes the recipe (and its hash); `--set <model>.key=value` only that
+model's config.
+
+The class keeps its historical name `Protocol`; `Recipe` is the same class.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from shala_bench.config import coerce, parse_pairs, split_overrides
+from shala_bench.config import ge as _ge, gt as _gt, one_of as _one_of, unit as _unit  # noqa: F401 (re-exported)
 from shala_bench.errors import ProtocolError, close_matches
 
 # Bump when the meaning of any field or of the evaluation changes.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# History: 1 — one flat protocol with every model's settings (records before issue 14).
+#          2 — the recipe holds only shared settings; model and dataset settings are plugin-owned configs.
 
 # The harness's numbers version: bump it in the same commit as any code change that changes the numbers a run
 # gives under an unchanged protocol (a model's maths, a backbone, the trainer's step, a metric, the data builder),
@@ -46,16 +55,11 @@ class Protocol:
     n_train: int = 10000
     n_val: int = 500
     n_test: int = 2000
-    # NTU RGB+D 120 (read only by the ntu120 dataset): frames per sequence after resampling,
-    # and the official benchmark split, "xsub" (cross-subject) or "xset" (cross-setup)
-    ntu_frames: int = 32
-    ntu_split: str = "xsub"
-    # UCF101 (read only by the ucf101 dataset): frames per clip (uniformly spaced over the video),
-    # and which official train/test list, 1..3
-    ucf_frames: int = 8
-    ucf_split: int = 1
+    # the dataset plugin's own settings, resolved from its config class (shala_bench.config); {} when it has none
+    dataset_settings: dict = field(default_factory=dict)
 
-    # --- shared training recipe (identical for every model)
+    # --- shared training recipe (identical for every model; a model whose paper sets its own β declares it
+    #     in its config with `inherit("beta")`, so this is the default it keeps relative to)
     latent_dim: int = 32
     batch_size: int = 128
     lr: float = 1e-3
@@ -76,35 +80,6 @@ class Protocol:
     min_delta: float = 0.0  # the least rise of the selection metric that counts as an improvement
     val_n: int = 500  # validation tuples the selection metric reads (capped at n_val; 0 = no validation)
     # --- end budget policy
-
-    # --- model-specific settings (each model reads only its own)
-    mvae_subsets: int = 1  # random-subset ELBOs per step besides joint + unimodal (Wu & Goodman)
-    iwae_k: int = 4  # importance samples of MMVAE and MMVAE+
-    w_dim: int = 32  # modality-specific latent size of MMVAE+
-    shala_embed_dim: int = 64  # ShaLa fusion width
-    shala_modality_dropout: float = 0.5
-    prior_max_samples: int = 128_000  # cap on the training samples of ShaLa's "prior" stage
-    prior_lr: float = 1e-3
-    diffusion_T: int = 1000
-    sample_steps: int = 50
-    guidance_scale: float = 1.0
-    cond_dropout: float = 0.2
-    # ShaLa's latent denoiser (plugins/latent_diffusion.py): residual-MLP width and depth, DDIM eta
-    # (0 = deterministic DDIM, 1 = ancestral); the paper does not publish them.
-    shala_denoiser_width: int = 256
-    shala_denoiser_depth: int = 3
-    shala_ddim_eta: float = 0.0
-    # stage-1 modality dropout of shala-cond and shala-post (0 = the plain joint VAE, their default); a trained
-    # setting, so the selection study can measure whether their stage 1 needs it
-    shala_joint_modality_dropout: float = 0.0
-    # shala-post's training-free posterior sampling p(z | X_S) ∝ p_diff(z) Π_{m∈S} p(x_m | z) (evaluation
-    # settings): likelihood weight w (1 = DPS's approximate posterior), predictor steps, Langevin corrector
-    # steps per level (0 = plain DPS) and the corrector's step-size ratio. With protocol v2 (issue 14) these
-    # and the other shala_* fields move to the ShaLa plugin's own config.
-    shala_post_weight: float = 1.0
-    shala_post_steps: int = 25
-    shala_post_langevin: int = 0
-    shala_post_snr: float = 0.16
 
     # --- evaluation
     classifier_epochs: int = 10
@@ -136,12 +111,14 @@ class Protocol:
         return dataclasses.asdict(self)
 
 
+Recipe = Protocol
+
+
 # Profile defaults shared by every dataset; a dataset plugin adds its own on top.
 PROFILES: dict[str, dict] = {
     # Seconds: for tests. Numbers are too small to mean anything.
     "smoke": dict(n_train=256, n_val=32, n_test=64, batch_size=32, max_train_samples=192, eval_every=96,
-                  checkpoint_every=3, log_every=2, prior_max_samples=192, diffusion_T=50, sample_steps=5,
-                  classifier_epochs=1, eval_n=64, joint_n=64, probe_n=32, fd_n=64, iwae_k=2, shala_post_steps=5),
+                  checkpoint_every=3, log_every=2, classifier_epochs=1, eval_n=64, joint_n=64, probe_n=32, fd_n=64),
     # Minutes on a 2-core CPU; each dataset sets its budget, validated every eighth of it. Stages stop after
     # 3 evaluations without improvement (patience) or at max_train_samples. 250 validation tuples: at M = 5 on
     # polymnist-synth a coherence validation of 500 took 7-15 s (MoPoE, one thread, 70 % of it the judges'
@@ -154,106 +131,103 @@ PROFILES: dict[str, dict] = {
 # The evaluation section: `shala-bench eval` re-evaluates a checkpoint with these taken from the
 # current profile (everything else from the run's record, so the trained model still fits).
 EVALUATION_FIELDS = ("classifier_epochs", "classifier_batch", "eval_n", "joint_n", "max_subsets_per_k", "fid_n",
-                     "fd_n", "frechet_cond_subsets", "probe_n",
-                     # sampling settings of a trained diffusion prior: read only at generation time
-                     "sample_steps", "guidance_scale", "shala_ddim_eta",
-                     "shala_post_weight", "shala_post_steps", "shala_post_langevin", "shala_post_snr")
+                     "fd_n", "frechet_cond_subsets", "probe_n")
+# (a model's own evaluation settings, e.g. a diffusion prior's sampling steps, are flagged in its config)
 
 FIELDS = {f.name: f for f in dataclasses.fields(Protocol)}
-_FIXED = {"dataset", "profile", "protocol_version", "numbers_version"}
+_FIXED = {"dataset", "profile", "protocol_version", "numbers_version", "dataset_settings"}
 
 
 def trained_fields(recorded: dict) -> dict:
-    """The settings of a recorded protocol that its trained weights depend on: every known field but the
-    fixed identity (dataset, profile, version) and the evaluation section, as overrides for make_protocol."""
-    return {k: v for k, v in recorded.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
-
-
-def _coerce(key: str, raw: str):
-    typ = FIELDS[key].type
-    typ = {"int": int, "float": float, "bool": bool, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
-    try:
-        if typ is bool:
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            return int(raw)
-        if typ is float:
-            return float(raw)
-        return str(raw)
-    except ValueError:
-        raise ProtocolError(f"--set {key}={raw}: expected {typ.__name__}") from None
-
-
-def parse_overrides(pairs: list[str] | None) -> dict:
-    """['max_train_samples=640', 'beta=2.5'] -> {'max_train_samples': 640, 'beta': 2.5}, type-checked against Protocol."""
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ProtocolError(f"--set {pair!r}: expected key=value")
-        key, raw = pair.split("=", 1)
-        key = key.strip()
-        if key not in FIELDS or key in _FIXED:
-            raise ProtocolError(f"--set {key}: unknown protocol key" + close_matches(key, set(FIELDS) - _FIXED))
-        out[key] = _coerce(key, raw)
+    """The settings of a recorded recipe that its trained weights depend on: every known field but the
+    fixed identity (dataset, profile, versions) and the evaluation section, and the dataset's own settings
+    (namespaced), as overrides for make_protocol."""
+    out = {k: v for k, v in recorded.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
+    out.update({f"{recorded['dataset']}.{k}": v for k, v in (recorded.get("dataset_settings") or {}).items()})
     return out
 
 
+# Settings that protocol v1 held for one model or dataset, and where they live now (for the error message).
+MOVED = {"mvae_subsets": "mvae.subsets", "iwae_k": "mmvae.K (and mmvae+.K)", "w_dim": "mmvae+.w_dim",
+         "shala_embed_dim": "shala.embed_dim", "shala_modality_dropout": "shala.modality_dropout",
+         "prior_steps": "shala.prior_max_samples", "prior_max_samples": "shala.prior_max_samples", "prior_lr": "shala.prior_lr", "steps": "max_train_samples (in samples)", "diffusion_T": "shala.diffusion_T",
+         "sample_steps": "shala.sample_steps", "guidance_scale": "shala.guidance_scale",
+         "cond_dropout": "shala.cond_dropout", "shala_denoiser_width": "shala.denoiser_width",
+         "shala_denoiser_depth": "shala.denoiser_depth", "shala_ddim_eta": "shala.ddim_eta",
+         "shala_joint_modality_dropout": "shala-cond.modality_dropout (and shala-post's)",
+         "shala_post_weight": "shala-post.post_weight", "shala_post_steps": "shala-post.post_steps",
+         "shala_post_langevin": "shala-post.post_langevin", "shala_post_snr": "shala-post.post_snr",
+         "ntu_frames": "ntu120.frames", "ntu_split": "ntu120.split", "ucf_frames": "ucf101.frames",
+         "ucf_split": "ucf101.split"}
+
+
+def unknown_key(key: str) -> ProtocolError:
+    if key in MOVED:
+        return ProtocolError(f"--set {key}: not a shared recipe setting since protocol v2; it is the plugin's own "
+                             f"setting {MOVED[key]} (--set {MOVED[key].split()[0]}=...)")
+    return ProtocolError(f"--set {key}: unknown recipe setting" + close_matches(key, set(FIELDS) - _FIXED)
+                         + " (a model's own setting is --set <model>.<key>=value; `shala-bench config --model M` "
+                           "lists them)")
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """['steps=10', 'mopoe.beta=2.5'] -> {'steps': 10, 'mopoe.beta': '2.5'}: recipe keys type-checked against
+    the recipe now; namespaced keys (`<model or dataset>.<key>`) kept as text, checked against their plugin's
+    config when a run resolves it (`shala_bench.config.resolve_config`)."""
+    out = {}
+    for key, raw in parse_pairs(pairs).items():
+        out[key] = raw if "." in key else _recipe_value(key, raw)
+    return out
+
+
+def _recipe_value(key: str, raw):
+    if key not in FIELDS or key in _FIXED:
+        raise unknown_key(key)
+    return coerce(key, FIELDS[key].type, raw)
+
+
 def make_protocol(dataset_entry, profile: str, overrides: dict | None = None) -> Protocol:
-    """Defaults <- harness profile <- dataset profile <- user overrides; validated and frozen."""
+    """Defaults <- harness profile <- dataset profile <- user overrides; the dataset's own settings from its
+    config (namespace: its name; other namespaces are models' and ignored here); validated and frozen."""
     profiles = dataset_entry.profiles
     if profile not in profiles:
         from shala_bench.errors import UnknownNameError
 
         raise UnknownNameError(f"unknown profile {profile!r} for dataset {dataset_entry.name}" + close_matches(profile, profiles))
-    values = {**PROFILES.get(profile, {}), **profiles[profile], **(overrides or {})}
+    shared, spaced = split_overrides(overrides)
+    values = {**PROFILES.get(profile, {}), **profiles[profile]}
+    for key, raw in shared.items():
+        values[key] = _recipe_value(key, raw)
     for key in values:
         if key not in FIELDS or key in _FIXED:
-            raise ProtocolError(f"unknown protocol key {key!r}" + close_matches(key, set(FIELDS) - _FIXED))
-    proto = Protocol(dataset=dataset_entry.name, profile=profile, **values)
+            raise unknown_key(key)
+    data = dataset_settings(dataset_entry, profile, spaced.get(dataset_entry.name))
+    proto = Protocol(dataset=dataset_entry.name, profile=profile, dataset_settings=data.config.to_dict(), **values)
     validate(proto, dataset_entry)
     return proto
 
 
+def dataset_settings(dataset_entry, profile: str, overrides: dict | None = None):
+    """The dataset's own config, resolved (shala_bench.config.Resolved)."""
+    from shala_bench.config import NoConfig, resolve_config
+
+    cls = getattr(dataset_entry, "config", None) or NoConfig
+    return resolve_config(cls, dataset_entry.name, getattr(dataset_entry, "config_defaults", {}) or {},
+                          dataset_entry.name, profile, overrides)
+
+
 # The accepted values of every field (the fixed identity aside): (check, what is accepted). Counts are > 0
 # where zero would mean "nothing" (no steps, no samples); evaluation counts that may be 0 switch their
-# metric off, and the record then says `<metric>_unavailable` with why.
-def _gt(lo):
-    return (lambda v: v > lo), f"> {lo}"
-
-
-def _ge(lo):
-    return (lambda v: v >= lo), f">= {lo}"
-
-
-def _unit(closed: bool):
-    return ((lambda v: 0.0 <= v <= 1.0), "in [0, 1]") if closed else ((lambda v: 0.0 <= v < 1.0), "in [0, 1)")
-
-
-def _one_of(*choices):
-    return (lambda v: v in choices), "one of " + ", ".join(map(str, choices))
-
-
+# metric off, and the record then says `<metric>_unavailable` with why. (The helpers live in
+# shala_bench.config, where plugins' configs use them too.)
 RANGES: dict[str, tuple] = {
     # data
     "n_modalities": _gt(0), "data_seed": _ge(0), "n_train": _gt(0), "n_val": _ge(0), "n_test": _gt(0),
-    "ntu_frames": _gt(0), "ntu_split": _one_of("xsub", "xset"), "ucf_frames": _gt(0), "ucf_split": _one_of(1, 2, 3),
     # shared training recipe
     "latent_dim": _gt(0), "batch_size": _gt(0), "lr": _gt(0), "beta": _ge(0),
     "likelihood_scale": _gt(0), "grad_clip": _ge(0), "checkpoint_every": _gt(0), "log_every": _gt(0),
     # budget policy
     "max_train_samples": _gt(0), "eval_every": _gt(0), "patience": _ge(0), "min_delta": _ge(0), "val_n": _ge(0),
-    # model-specific
-    "mvae_subsets": _ge(0), "iwae_k": _gt(0), "w_dim": _gt(0), "shala_embed_dim": _gt(0),
-    "shala_modality_dropout": _unit(False), "prior_max_samples": _gt(0), "prior_lr": _gt(0), "diffusion_T": _gt(0),
-    "sample_steps": _gt(0), "guidance_scale": _ge(0), "cond_dropout": _unit(False), "shala_denoiser_width": _gt(0),
-    "shala_denoiser_depth": _gt(0), "shala_ddim_eta": _unit(True), "shala_joint_modality_dropout": _unit(False),
-    # shala-post's posterior sampler (evaluation settings; move to the plugin's config with protocol v2)
-    "shala_post_weight": _ge(0), "shala_post_steps": _gt(0), "shala_post_langevin": _ge(0), "shala_post_snr": _gt(0),
     # evaluation (fid_n, fd_n, probe_n = 0: that metric off, recorded as unavailable)
     "classifier_epochs": _gt(0), "classifier_batch": _gt(0), "eval_n": _gt(0), "joint_n": _gt(0),
     "max_subsets_per_k": _gt(0), "fid_n": _ge(0), "fd_n": _ge(0), "frechet_cond_subsets": _ge(0), "probe_n": _ge(0),
@@ -270,8 +244,6 @@ def validate(p: Protocol, dataset_entry=None) -> None:
             raise ProtocolError(f"{k} must be {accepted}, got nan")
         if not ok(v):
             raise ProtocolError(f"{k} must be {accepted}, got {v!r}")
-    if p.sample_steps > p.diffusion_T:
-        raise ProtocolError(f"sample_steps={p.sample_steps} must be <= diffusion_T={p.diffusion_T}")
     lo, hi = getattr(dataset_entry, "modality_range", (1, 10**6))
     if not lo <= p.n_modalities <= hi:
         raise ProtocolError(f"n_modalities={p.n_modalities} not supported by {p.dataset}: use {lo}..{hi}")

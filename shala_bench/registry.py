@@ -15,13 +15,34 @@ from shala_bench.errors import UnknownNameError, close_matches
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model. ``config``: its own settings' frozen dataclass (a `shala_bench.config.Config`,
+    declared beside the model); ``config_defaults``: overrides of its defaults per profile (key: "quick") or per
+    (dataset, profile) (key: ("polymnist-synth", "quick")). A model without settings of its own leaves both
+    empty, and its factory is then called as (spec, recipe), as before protocol v2."""
+
     name: str
-    factory: Callable[..., Any]  # (spec, protocol) -> MultimodalVAE
+    factory: Callable[..., Any]  # (spec, recipe, config) -> MultimodalVAE
     card: str  # the model card; its first line is the one-line description
+    config: type | None = None
+    config_defaults: dict = field(default_factory=dict)
 
     @property
     def description(self) -> str:
         return self.card.strip().splitlines()[0] if self.card.strip() else ""
+
+    def resolve(self, recipe, overrides: dict | None = None):
+        """Its config under `recipe` (defaults <- profile <- dataset <- `overrides`, namespace-free keys), with
+        where each value came from: a `shala_bench.config.Resolved`."""
+        from shala_bench.config import NoConfig, resolve_config
+
+        return resolve_config(self.config or NoConfig, self.name, self.config_defaults, recipe.dataset,
+                              recipe.profile, overrides, recipe)
+
+    def build(self, spec, recipe, config=None):
+        """The model, with `config` (default: its resolved defaults under `recipe`)."""
+        if self.config is None:
+            return self.factory(spec, recipe)
+        return self.factory(spec, recipe, config if config is not None else self.resolve(recipe).config)
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,10 @@ class DatasetEntry:
     coherence_chance: float | None = None
     # Where its official files come from (shala_bench.data.sources.DatasetSource): `shala-bench data sources`.
     source: Any = None
+    # Its own settings (a shala_bench.config.Config dataclass) and their per-profile defaults, as for models;
+    # resolved into the recipe's `dataset_settings`.
+    config: type | None = None
+    config_defaults: dict = field(default_factory=dict)
     # The validation metric a stage's early stopping maximises (shala_bench.validation): "coherence_cond_k1"
     # (balanced accuracy of the judge classifiers on modalities generated from one given modality) or "bound"
     # (minus the model's validation bound: for multi-label data, or modalities without a classifier).

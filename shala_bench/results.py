@@ -19,7 +19,7 @@ from shala_bench.errors import RecordError
 
 RECORD = "record.json"
 CURVES = "curves.csv"  # beside record.json: one row per log (and evaluation) step of the run
-RECORD_VERSION = 2  # 2: converged, train_samples, best_step, train_flops, stages (issue 14)
+RECORD_VERSION = 2  # 2: protocol v2 (config, config_hash; converged, train_samples, best_step, train_flops, stages)
 
 
 @dataclass
@@ -30,8 +30,8 @@ class RunRecord:
     seed: int
     n_modalities: int
     profile: str
-    protocol_hash: str
-    protocol: dict
+    protocol_hash: str  # the recipe hash: what is ranked together
+    protocol: dict  # the recipe (the shared settings)
     status: str  # "ok" | "failed: <reason>" | "running"
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -69,8 +69,9 @@ class RunRecord:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def run_id(seed: int, n_modalities: int, protocol_hash: str) -> str:
-    return f"seed{seed}-M{n_modalities}-{protocol_hash[:12]}"
+def run_id(seed: int, n_modalities: int, protocol_hash: str, config_hash: str = "") -> str:
+    """seed<s>-M<M>-<recipe hash, 12>[-<config hash, 8>] (records before protocol v2 have no config hash)."""
+    return f"seed{seed}-M{n_modalities}-{protocol_hash[:12]}" + (f"-{config_hash[:8]}" if config_hash else "")
 
 
 def run_dir(results: Path, dataset: str, model: str, rid: str) -> Path:
@@ -121,6 +122,9 @@ def inconsistency(rec: RunRecord) -> str | None:
     if digest != rec.protocol_hash:
         return (f"its protocol_hash {rec.protocol_hash[:12]} is not the hash of its protocol ({digest[:12]}): "
                 "the record was edited or is corrupt")
+    if rec.config_hash or rec.config:
+        if not isinstance(rec.config, dict) or protocol_digest(rec.config) != rec.config_hash:
+            return "its config_hash is not the hash of its config: the record was edited or is corrupt"
     return None
 
 

@@ -206,8 +206,11 @@ class Trainer:
     (for resume); at a stage's end the model is restored to the stage's best weights."""
 
     def __init__(self, model: MultimodalVAE, protocol: Protocol, train: Split, run_dir: Path, seed: int,
-                 device="cpu", progress: bool = True, callbacks=(), validator=None):
+                 device="cpu", progress: bool = True, callbacks=(), validator=None,
+                 config_hash: str | None = None):
         self.model, self.protocol, self.train = model, protocol, train
+        cfg = getattr(model, "config", None)
+        self.config_hash = config_hash if config_hash is not None else (cfg.hash if cfg is not None else "")
         self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
         self.progress = progress
         self.callbacks = list(callbacks)
@@ -240,6 +243,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "protocol_hash": self.protocol.hash,
+            "config_hash": self.config_hash,
             "seed": self.seed,
             "state": self.state.to_dict(),
             "model": self.model.state_dict(),
@@ -259,8 +263,10 @@ class Trainer:
         if not path.exists():
             return False
         ck = load_checkpoint(path)
-        if ck.get("protocol_hash") != self.protocol.hash or ck.get("seed") != self.seed:
-            raise CheckpointError(f"checkpoint {path} was written by another protocol or seed than this run's. "
+        if (ck.get("protocol_hash") != self.protocol.hash or ck.get("seed") != self.seed
+                or ck.get("config_hash", "") != self.config_hash):
+            raise CheckpointError(f"checkpoint {path} was written by another recipe, model config or seed than this "
+                                  "run's. "
                                   "Use a new results folder, or delete it and rerun without --resume.")
         try:
             self.model.load_state_dict(ck["model"])

@@ -115,7 +115,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="dataset name (see `shala-bench list datasets`)")
     p.add_argument("--profile", default="quick", help="protocol profile whose data settings apply (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a protocol field, e.g. ntu_frames=64 (repeatable)")
+                   help="override a recipe or dataset setting, e.g. ntu120.frames=64 (repeatable)")
 
 
 def add_parser(sub) -> None:

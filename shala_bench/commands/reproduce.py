@@ -30,8 +30,8 @@ def family_spread(rec, root: Path) -> tuple[int, dict[str, float]]:
     from shala_bench.results import load_records
 
     fam = [r for r in load_records(root, on_skip=lambda line: None)
-           if r.ok and (r.model, r.dataset, r.n_modalities, r.protocol_hash)
-           == (rec.model, rec.dataset, rec.n_modalities, rec.protocol_hash)]
+           if r.ok and (r.model, r.dataset, r.n_modalities, r.protocol_hash, r.config_hash)
+           == (rec.model, rec.dataset, rec.n_modalities, rec.protocol_hash, rec.config_hash)]
     by_seed = {r.seed: _numeric(r.metrics) for r in sorted(fam, key=lambda r: r.created)}
     keys = set().union(*by_seed.values()) if by_seed else set()
     spread = {}
@@ -71,7 +71,15 @@ def cmd_reproduce(args) -> int:
               f" this code is at {NUMBERS_VERSION}: its numbers may differ by design", flush=True)
     threads = threads_arg(args) or rec.hardware.get("torch_threads") or None
     device = args.device or ("cpu" if str(rec.hardware.get("device", "cpu")).startswith("cpu") else "auto")
-    overrides = tuple((k, v) for k, v in rec.protocol.items() if k not in _FIXED)
+    if rec.protocol.get("protocol_version", 1) < 2:
+        raise ProtocolError(f"record {src} was made under protocol v{rec.protocol.get('protocol_version', 1)}, whose "
+                            "model settings this version keeps elsewhere: it cannot be re-run as it was")
+    from shala_bench.protocol import trained_fields
+
+    # the recipe as recorded (evaluation section included) and the model's own settings, namespaced
+    overrides = tuple({**trained_fields(rec.protocol),
+                       **{k: v for k, v in rec.protocol.items() if k not in _FIXED and k in FIELDS},
+                       **{f"{rec.model}.{k}": v for k, v in (rec.config or {}).items()}}.items())
     root = src.parent.parent.parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         results = args.results or tmp

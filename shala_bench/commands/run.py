@@ -46,7 +46,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         " (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a protocol field, type-checked (repeatable); changes the protocol hash")
+                   help="override a setting, type-checked (repeatable): a shared recipe setting (beta=2.5; changes the "
+                        "recipe hash, so the run is ranked apart) or the model's own (mopoe.beta=2.5; changes its "
+                        "config hash, part of the run id). `shala-bench config --model M` lists both")
     p.add_argument("--results", default="runs", help="results folder for records and checkpoints (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if it has one")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: %(default)s)")
@@ -63,8 +65,13 @@ def cmd_run(args) -> int:
     from shala_bench.launch import RunSpec, run_one
     from shala_bench.protocol import parse_overrides
 
+    from shala_bench.launch import check_namespaces
+    from shala_bench.registry import get_registry
+
+    overrides = parse_overrides(args.overrides)
+    check_namespaces(overrides, {args.model, args.dataset}, get_registry(), "this run")
     spec = RunSpec(model=args.model, dataset=args.dataset, profile=args.profile, seed=args.seed,
-                   overrides=tuple(parse_overrides(args.overrides).items()), results=args.results,
+                   overrides=tuple(overrides.items()), results=args.results,
                    resume=args.resume, device=args.device, progress=not args.no_progress,
                    inception_weights=args.inception_weights, loggers=loggers_arg(args),
                    threads=threads_arg(args) or (default_threads(1) if args.executor == "inline" else None))
@@ -120,7 +127,7 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("run", help="train and evaluate one model on one dataset; writes a run record",
                        description="Train one model under a protocol profile, evaluate it and write "
-                               "<results>/<dataset>/<model>/<run_id>/record.json (run_id = seed, M, protocol hash).")
+                               "<results>/<dataset>/<model>/<run_id>/record.json (run_id = seed, M, recipe hash, config hash).")
     add_run_args(p)
     add_executor_args(p, "inline")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the job to finish and print its status")

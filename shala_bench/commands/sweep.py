@@ -89,6 +89,10 @@ def cmd_sweep(args) -> int:
                        profile=args.profile, overrides=tuple(parse_overrides(args.overrides).items()),
                        device=args.device, inception_weights=args.inception_weights, loggers=loggers)
         sw.check_models(grid.models)
+        from shala_bench.launch import check_namespaces
+        from shala_bench.registry import get_registry
+
+        check_namespaces(dict(grid.overrides), {*grid.models, grid.dataset}, get_registry(), "this sweep")
         m = sw.create_sweep(grid, args.results, args.name)
         todo, done = sw.cells_to_run(m)
     ex = _executor(args, m)

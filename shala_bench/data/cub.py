@@ -210,12 +210,12 @@ PROFILES = {
     "smoke": dict(n_modalities=2),
     # Minutes on 2 CPU cores.
     "quick": dict(n_modalities=2, n_train=8000, n_val=500, n_test=1000, batch_size=64, max_train_samples=25_600,
-                  eval_every=3_200, checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500, prior_max_samples=38_400),
+                  eval_every=3_200, checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500),
     # For GPUs: every (image, caption) pair, batch 64, Adam 1e-3. Our choice, in the spirit of the MMVAE /
     # MMVAE+ CUB image-caption experiments; not checked against their published hyper-parameters.
     "paper": dict(n_modalities=2, n_train=59940, n_val=500, n_test=57940, batch_size=64, max_train_samples=2_880_000,
                   eval_every=144_000, lr=1e-3, checkpoint_every=2000, log_every=100, classifier_epochs=10,
-                  eval_n=5000, joint_n=5000, fd_n=5000, prior_max_samples=1_920_000),
+                  eval_n=5000, joint_n=5000, fd_n=5000),
 }
 
 

@@ -248,12 +248,12 @@ PROFILES = {
     "smoke": dict(n_modalities=3),
     # Minutes on 2 CPU cores.
     "quick": dict(n_modalities=3, n_train=4000, n_val=200, n_test=1000, batch_size=32, max_train_samples=9_600,
-                  eval_every=1_200, checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500, prior_max_samples=19_200),
+                  eval_every=1_200, checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500),
     # For GPUs: every usable study, batch 128, Adam 5e-4. Our choice for MoPoE's MIMIC-CXR setting at
     # 64x64; not checked against the hyper-parameters MoPoE published for it.
     "paper": dict(n_modalities=3, n_train=1_000_000, n_val=1_000_000, n_test=1_000_000, batch_size=128,
                   max_train_samples=7_680_000, eval_every=384_000, lr=5e-4, checkpoint_every=2000, log_every=100,
-                  classifier_epochs=10, eval_n=5000, joint_n=5000, fd_n=5000, prior_max_samples=6_400_000),
+                  classifier_epochs=10, eval_n=5000, joint_n=5000, fd_n=5000),
 }
 
 

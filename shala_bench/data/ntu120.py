@@ -16,7 +16,7 @@ trackingState). We use the camera-space x y z (metres).
 Conversion, per file (= per view):
 - the main body: the body ID tracked in the most frames (the first listed wins ties; for
   one-person actions it is the first body); frames without it are dropped;
-- resampled to `ntu_frames` frames by linear interpolation over time (as CTR-GCN's
+- resampled to `ntu120.frames` frames by linear interpolation over time (as CTR-GCN's
   ``valid_crop_resize`` does at test time);
 - centred on the middle-of-spine joint (joint 2; index 1) of the first frame, the
   translation used by the 2s-AGCN / CTR-GCN ``pre_normalization``. We do *not* rotate the
@@ -32,8 +32,8 @@ views remain. A truncated or malformed file is an error naming the file and line
 
 Stored: all tuples, float32 (T, 25, 3) per view, with (action, setup, performer,
 replication) per tuple, so both official benchmarks are cut at load time:
-cross-subject (``ntu_split=xsub``: the 53 training performer IDs of the paper) and
-cross-setup (``ntu_split=xset``: even setup IDs train, odd test). Val is a seeded slice of
+cross-subject (``ntu120.split=xsub``: the 53 training performer IDs of the paper) and
+cross-setup (``ntu120.split=xset``: even setup IDs train, odd test). Val is a seeded slice of
 `n_val` training tuples; train and test are seeded subsets of at most `n_train` /
 `n_test`. Labels: the 120 actions, A001..A120 -> 0..119.
 """
@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from shala_bench.config import Config, gt, one_of, setting
 from shala_bench.data.prepare import LocalDataset
 from shala_bench.data.spec import DatasetSpec, ModalitySpec, Split
 from shala_bench.errors import DataError, ProtocolError
@@ -71,10 +73,20 @@ SPLITS = ("xsub", "xset")
 _FILE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})\.skeleton$")
 
 
+@dataclass(frozen=True)
+class NTU120Config(Config):
+    frames: int = setting(32, range=gt(0), doc="frames per sequence after resampling (a multiple of 4)")
+    split: str = setting("xsub", range=one_of(*SPLITS), doc="the official benchmark: xsub (cross-subject) or xset")
+
+
+def settings(protocol) -> NTU120Config:
+    return NTU120Config(**protocol.dataset_settings)
+
+
 def frames(protocol) -> int:
-    T = protocol.ntu_frames
+    T = settings(protocol).frames
     if T < 4 or T % 4:
-        raise ProtocolError(f"ntu_frames must be a positive multiple of 4 (the skeleton backbone halves time twice), got {T}")
+        raise ProtocolError(f"ntu120.frames must be a positive multiple of 4 (the skeleton backbone halves time twice), got {T}")
     return T
 
 
@@ -230,18 +242,18 @@ class NTU120(LocalDataset):
         return {"all": Split(data, torch.tensor(meta, dtype=torch.long))}, report
 
     def select(self, splits: dict[str, Split], protocol) -> tuple[DatasetSpec, dict[str, Split]]:
-        if protocol.ntu_split not in SPLITS:
-            raise ProtocolError(f"ntu_split must be one of {', '.join(SPLITS)} (cross-subject, cross-setup), "
-                                f"got {protocol.ntu_split!r}")
+        if settings(protocol).split not in SPLITS:
+            raise ProtocolError(f"ntu120.split must be one of {', '.join(SPLITS)} (cross-subject, cross-setup), "
+                                f"got {settings(protocol).split!r}")
         allx = splits["all"]
         action, setup, performer = allx.labels[:, 0], allx.labels[:, 1], allx.labels[:, 2]
-        if protocol.ntu_split == "xsub":
+        if settings(protocol).split == "xsub":
             is_train = torch.isin(performer, torch.tensor(sorted(XSUB_TRAIN_PERFORMERS)))
         else:
             is_train = setup % 2 == 0
         train_pool, test_pool = is_train.nonzero().squeeze(1), (~is_train).nonzero().squeeze(1)
         if protocol.n_val >= len(train_pool) or len(test_pool) == 0:
-            raise DataError(f"{NAME} ({protocol.ntu_split}): {len(train_pool)} training and {len(test_pool)} test "
+            raise DataError(f"{NAME} ({settings(protocol).split}): {len(train_pool)} training and {len(test_pool)} test "
                             f"tuples in the source; need more than n_val={protocol.n_val} training and at least one test")
         g = torch.Generator().manual_seed(protocol.data_seed)
         train_pool = train_pool[torch.randperm(len(train_pool), generator=g)]
@@ -259,18 +271,17 @@ class NTU120(LocalDataset):
 DATASET = NTU120()
 
 PROFILES = {
-    "smoke": dict(n_modalities=3, ntu_frames=16),
+    "smoke": dict(n_modalities=3),
     # Minutes on a 2-core CPU.
-    "quick": dict(n_modalities=3, ntu_frames=32, n_train=10000, n_val=500, n_test=2000, batch_size=128,
+    "quick": dict(n_modalities=3, n_train=10000, n_val=500, n_test=2000, batch_size=128,
                   max_train_samples=76_800, eval_every=9_600, checkpoint_every=200, classifier_epochs=20, eval_n=1000,
-                  joint_n=1000, fd_n=1000, prior_max_samples=192_000),
+                  joint_n=1000, fd_n=1000),
     # No multimodal-VAE paper reports NTU RGB+D 120; this is the harness's PolyMNIST recipe (batch 256, Adam
     # 5e-4, beta 2.5) on every tuple of the benchmark split (~300 epochs of the ~20k cross-subject training
     # tuples), with 64-frame sequences (the window length of CTR-GCN's NTU configs).
-    "paper": dict(n_modalities=3, ntu_frames=64, n_train=1_000_000, n_val=1000, n_test=1_000_000, batch_size=256,
+    "paper": dict(n_modalities=3, n_train=1_000_000, n_val=1000, n_test=1_000_000, batch_size=256,
                   max_train_samples=6_400_000, eval_every=320_000, lr=5e-4, beta=2.5, checkpoint_every=2000,
-                  log_every=100, classifier_epochs=30, eval_n=10000, joint_n=10000, fd_n=10000,
-                  prior_max_samples=5_120_000, iwae_k=1),
+                  log_every=100, classifier_epochs=30, eval_n=10000, joint_n=10000, fd_n=10000),
 }
 
 
@@ -298,4 +309,5 @@ def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "NTU RGB+D 120 skeletons: the 3 camera views of a performance, 120 "
                                              "actions; needs `shala-bench data prepare ntu120 --root PATH`",
                          PROFILES, (2, len(VIEWS)), prepare=DATASET.prepare, info=DATASET.info,
-                         coherence_chance=1 / N_CLASSES, source=SOURCE)]
+                         coherence_chance=1 / N_CLASSES, source=SOURCE, config=NTU120Config,
+                         config_defaults={"smoke": {"frames": 16}, "paper": {"frames": 64}})]

@@ -136,14 +136,13 @@ PROFILES = {
     "smoke": dict(n_modalities=3),
     # Minutes on a 2-core CPU: the polymnist-synth quick recipe on the real images.
     "quick": dict(n_modalities=5, n_train=10000, n_val=500, n_test=2000, batch_size=128, max_train_samples=76_800,
-                  eval_every=9_600, lr=1e-3, checkpoint_every=200, eval_n=1000, joint_n=1000, fd_n=1000,
-                  prior_max_samples=192_000),
+                  eval_every=9_600, lr=1e-3, checkpoint_every=200, eval_n=1000, joint_n=1000, fd_n=1000),
     # The MoPoE PolyMNIST recipe (Sutter et al. 2021, job_polymnist): all 60,000 training tuples (no
     # val), batch 256, Adam 5e-4, beta 2.5, Laplace likelihoods, 300 epochs = 300 x 234 steps; the
     # full 10,000-tuple test set. MMVAE+ (Palumbo et al. 2023) uses the same data, beta 2.5 and K = 1.
     "paper": dict(n_modalities=5, n_train=60000, n_val=0, n_test=10000, batch_size=256, max_train_samples=17_971_200,
                   eval_every=898_560, lr=5e-4, beta=2.5, checkpoint_every=2000, log_every=100, classifier_epochs=10,
-                  eval_n=10000, joint_n=10000, fid_n=10000, fd_n=10000, prior_max_samples=12_800_000, iwae_k=1),
+                  eval_n=10000, joint_n=10000, fid_n=10000, fd_n=10000),
 }
 
 

@@ -146,14 +146,13 @@ PROFILES = {
     # conditional FID/FD from one seeded source subset per k; Inception runs at ~7 images/s on 2 CPU
     # cores, so a small FID (flagged `fid_note` in records): 15 sets of 50 generated images.
     "quick": dict(n_modalities=5, n_train=10000, n_test=2000, batch_size=32, max_train_samples=76_800,
-                  eval_every=9_600, lr=1e-3, likelihood_scale=0.1, iwae_k=1, checkpoint_every=800, log_every=50,
-                  eval_n=500, joint_n=1000, fd_n=1000, prior_max_samples=48_000, sample_steps=20, fid_n=50,
+                  eval_every=9_600, lr=1e-3, likelihood_scale=0.1, checkpoint_every=800, log_every=50,
+                  eval_n=500, joint_n=1000, fd_n=1000, fid_n=50,
                   frechet_cond_subsets=1),
     # The MoPoE / MMVAE+ PolyMNIST recipe (batch 256, Adam 5e-4, beta 2.5, ~60k tuples), on GPUs.
     "paper": dict(n_modalities=5, n_train=60000, n_val=5000, n_test=10000, batch_size=256,
                   max_train_samples=17_920_000, eval_every=896_000, lr=5e-4, beta=2.5, checkpoint_every=2000,
-                  log_every=100, classifier_epochs=10, eval_n=10000, joint_n=10000, fid_n=10000, fd_n=10000,
-                  prior_max_samples=12_800_000, iwae_k=1),
+                  log_every=100, classifier_epochs=10, eval_n=10000, joint_n=10000, fid_n=10000, fd_n=10000),
 }
 
 

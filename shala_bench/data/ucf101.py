@@ -6,7 +6,7 @@ Source (``--root`` holds both folders of the official distribution)::
     ucfTrainTestlist/classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt
 
 Conversion (decoded with PyAV; deterministic):
-- F = ``ucf_frames`` time points uniformly spaced over the video (frame indices
+- F = ``ucf101.frames`` time points uniformly spaced over the video (frame indices
   round(linspace(0, n-2, F)) of its n decoded frames).
 - ``rgb``: the frame at each time point, centre-cropped to a square and resized to 64x64
   (PIL bilinear): (3, F, 64, 64) uint8.
@@ -15,7 +15,7 @@ Conversion (decoded with PyAV; deterministic):
   dependency), d = frame[t+1] - frame[t] in [-255, 255], stored as round((d + 255) / 2):
   (3, F, 64, 64) uint8 with 127.5 = no change.
 - Labels: the 101 classes of ``classInd.txt`` (0-based). Every listed video is stored once
-  with its membership in the three official splits; ``ucf_split`` picks one at load time.
+  with its membership in the three official splits; ``ucf101.split`` picks one at load time.
   Lists are matched to files case-insensitively (the official lists and folder names
   differ in case for one class on some copies).
 - Splits: test = the split's test list; val = ``n_val`` videos held out of its train list
@@ -28,11 +28,13 @@ from __future__ import annotations
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from shala_bench.config import Config, gt, one_of, setting
 from shala_bench.data.prepare import LocalDataset
 from shala_bench.data.spec import DatasetSpec, LoadedDataset, ModalitySpec, Split
 from shala_bench.data.text import SidecarInCache
@@ -156,6 +158,16 @@ def read_split_lists(lists: Path) -> dict[str, list[int]]:
     return member
 
 
+@dataclass(frozen=True)
+class UCF101Config(Config):
+    frames: int = setting(8, range=gt(0), doc="frames per clip, uniformly spaced over the video")
+    split: int = setting(1, range=one_of(1, 2, 3), doc="which official train/test list")
+
+
+def settings(protocol) -> UCF101Config:
+    return UCF101Config(**protocol.dataset_settings)
+
+
 class UCF101(SidecarInCache, LocalDataset):
     name = NAME
     converter_version = 1
@@ -166,17 +178,17 @@ class UCF101(SidecarInCache, LocalDataset):
             rel.startswith(LISTS + "/") and rel.endswith(".txt"))
 
     def cache_params(self, protocol: Protocol) -> dict:
-        return {"frames": protocol.ucf_frames}
+        return {"frames": settings(protocol).frames}
 
     def stored_spec(self, protocol: Protocol) -> DatasetSpec:
-        F = protocol.ucf_frames
+        F = settings(protocol).frames
         return DatasetSpec(NAME, (ModalitySpec("rgb", "video", (3, F, SIZE, SIZE)),
                                   ModalitySpec("motion", "video", (3, F, SIZE, SIZE)),
                                   ModalitySpec("lists", "meta", (N_SPLITS,), "none")), 101)
 
     def convert(self, root: Path, protocol: Protocol, progress: bool) -> tuple[dict[str, Split], dict]:
-        if protocol.ucf_frames < 1:
-            raise ProtocolError(f"ucf_frames must be >= 1, got {protocol.ucf_frames}")
+        if settings(protocol).frames < 1:
+            raise ProtocolError(f"ucf101.frames must be >= 1, got {settings(protocol).frames}")
         classes = read_class_index(root / LISTS)
         by_lower = {c.lower(): i for i, c in enumerate(classes)}
         member = read_split_lists(root / LISTS)
@@ -189,7 +201,7 @@ class UCF101(SidecarInCache, LocalDataset):
             if cls not in by_lower:
                 raise DataError(f"{files[rel]}: class folder {cls!r} is not in {root / LISTS / 'classInd.txt'}")
             rows.append((files[rel], by_lower[cls], member[rel]))
-        F = protocol.ucf_frames
+        F = settings(protocol).frames
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
             clips = pool.map(lambda r: decode_clip(r[0], F), rows)
             if progress:
@@ -208,9 +220,9 @@ class UCF101(SidecarInCache, LocalDataset):
         return {"all": split}, stats
 
     def select(self, splits: dict[str, Split], protocol: Protocol) -> tuple[DatasetSpec, dict[str, Split]]:
-        s = protocol.ucf_split
+        s = settings(protocol).split
         if not 1 <= s <= N_SPLITS:
-            raise ProtocolError(f"ucf_split must be 1, 2 or 3, got {s}")
+            raise ProtocolError(f"ucf101.split must be 1, 2 or 3, got {s}")
         full = splits["all"]
         code = full.data["lists"][:, s - 1]
         g = torch.Generator().manual_seed(protocol.data_seed)
@@ -237,23 +249,22 @@ class UCF101(SidecarInCache, LocalDataset):
     def load(self, protocol: Protocol, cache_dir=None) -> LoadedDataset:
         data = super().load(protocol, cache_dir)
         # which official list and how many frames: part of what a run's data (and its classifiers) came from
-        data.source = {**data.source, "ucf_split": protocol.ucf_split, "ucf_frames": protocol.ucf_frames}
+        data.source = {**data.source, "ucf_split": settings(protocol).split, "ucf_frames": settings(protocol).frames}
         return data
 
 
 DATASET = UCF101()
 
 PROFILES = {
-    "smoke": dict(n_modalities=2, ucf_frames=4),
+    "smoke": dict(n_modalities=2),
     # Minutes on 2 CPU cores: 4 frames, a few thousand clips of split 1.
-    "quick": dict(n_modalities=2, ucf_frames=4, n_train=3000, n_val=300, n_test=1000, batch_size=32,
-                  max_train_samples=9_600, eval_every=1_200, checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500,
-                  prior_max_samples=19_200),
+    "quick": dict(n_modalities=2, n_train=3000, n_val=300, n_test=1000, batch_size=32,
+                  max_train_samples=9_600, eval_every=1_200, checkpoint_every=200, eval_n=500, joint_n=500, fd_n=500),
     # No published multimodal-VAE recipe exists for UCF101: the shared recipe of the image
     # datasets (batch 128, Adam 5e-4) on all of split 1, 8 frames per clip, on GPUs.
-    "paper": dict(n_modalities=2, ucf_frames=8, n_train=9537, n_val=500, n_test=3783, batch_size=128,
+    "paper": dict(n_modalities=2, n_train=9537, n_val=500, n_test=3783, batch_size=128,
                   max_train_samples=3_840_000, eval_every=192_000, lr=5e-4, checkpoint_every=2000, log_every=100,
-                  classifier_epochs=10, eval_n=3783, joint_n=5000, fd_n=3783, prior_max_samples=3_840_000),
+                  classifier_epochs=10, eval_n=3783, joint_n=5000, fd_n=3783),
 }
 
 
@@ -278,4 +289,5 @@ def shala_bench_register_datasets():
     return [DatasetEntry(NAME, DATASET.load, "UCF101 action videos: 64x64 RGB clip + RGB-difference motion, 101 "
                                              "classes; needs `shala-bench data prepare ucf101 --root PATH`",
                          PROFILES, (2, 2), prepare=DATASET.prepare, info=DATASET.info,
-                         coherence_chance=1 / 101, source=SOURCE)]
+                         coherence_chance=1 / 101, source=SOURCE, config=UCF101Config,
+                         config_defaults={"smoke": {"frames": 4}, "quick": {"frames": 4}})]
