@@ -52,6 +52,10 @@ class Protocol:
     # and which official train/test list, 1..3
     ucf_frames: int = 8
     ucf_split: int = 1
+    # polymnist-synth (read only by it): which version of its builder, 1 (20x20 soft digits on colour-noise
+    # textures) or 2 (28x28 sharpened digits on smooth textures, closer to PolyMNIST); see
+    # shala_bench/data/polymnist_synth.py. With protocol v2 it moves to the dataset plugin's own config.
+    synth_version: int = 1
 
     # --- shared training recipe (identical for every model)
     latent_dim: int = 32
@@ -226,6 +230,7 @@ RANGES: dict[str, tuple] = {
     # data
     "n_modalities": _gt(0), "data_seed": _ge(0), "n_train": _gt(0), "n_val": _ge(0), "n_test": _gt(0),
     "ntu_frames": _gt(0), "ntu_split": _one_of("xsub", "xset"), "ucf_frames": _gt(0), "ucf_split": _one_of(1, 2, 3),
+    "synth_version": _one_of(1, 2),
     # shared training recipe
     "latent_dim": _gt(0), "batch_size": _gt(0), "steps": _gt(0), "lr": _gt(0), "beta": _ge(0),
     "likelihood_scale": _gt(0), "grad_clip": _ge(0), "checkpoint_every": _gt(0), "log_every": _gt(0),
