@@ -5,9 +5,11 @@
     python benchmarks/learning_curve.py --from runs/polymnist-synth/mmvae+/seed0-M8-c64fcc383f13 --steps 1600 --every 800
 
 Trains one model with the profile's optimiser and batches (the Trainer's own BatchStream)
-and, every `--every` steps, prints one JSON line: the training seconds so far and the
-conditional coherence at k = 1 and k = M-1 and the joint coherence, on `--eval-n` test
-tuples with the harness's cached classifiers. Only the first stage is trained, so a
+and, every `--every` steps, prints one JSON line: the training seconds so far (wall and this
+process's CPU), the training samples so far and the conditional coherence at k = 1 and k = M-1
+and the joint coherence, on `--eval-n` tuples of `--split` (default `val`: a recipe or a budget
+is chosen on the validation split, never on test) with the harness's cached classifiers (trained
+on train, as every evaluation's). Only the first stage is trained, so a
 two-stage model (ShaLa) is refused: curve its stage-1 ablation (shala-noprior). A budget
 is large enough when every model's k = 1 coherence has left chance (1/C) by its last
 step; the profile comments quote what this printed.
@@ -21,6 +23,7 @@ ended), so a run that ended at chance shows how many more steps it needed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 
 from shala_bench.evaluate import EvalContext
+from shala_bench.metrics.classifiers import get_classifiers
 from shala_bench.metrics.coherence import conditional_coherence, joint_coherence
 from shala_bench.protocol import make_protocol, parse_overrides, trained_fields
 from shala_bench.registry import get_registry
@@ -43,7 +47,10 @@ def main() -> None:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--every", type=int, default=250)
-    ap.add_argument("--eval-n", type=int, default=300, help="test tuples per coherence estimate")
+    ap.add_argument("--eval-n", type=int, default=300, help="tuples of --split per coherence estimate")
+    ap.add_argument("--split", choices=("val", "test"), default="val",
+                    help="the split coherence is measured on (val: for choosing recipes and budgets)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override KEY=VALUE")
     ap.add_argument("--from", dest="from_run", metavar="RUN",
@@ -51,6 +58,8 @@ def main() -> None:
                          "--seed and --set come from its record")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     reg = get_registry()
     evaluation = {"eval_n": args.eval_n, "joint_n": 2 * args.eval_n}
     ck = None
@@ -77,11 +86,17 @@ def main() -> None:
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"]["torch"])
         start = int(ck["state"]["step"])
-    M, train_s = p.n_modalities, 0.0
+    M, train_s, train_cpu_s = p.n_modalities, 0.0, 0.0
+    # the metrics read ctx.test(): point it at the chosen split; the judges are the harness's own, trained
+    # on train and keyed by the real splits, so val and test curves are scored by the same classifiers
+    scored = dataclasses.replace(data, splits={**data.splits, "test": data.splits[args.split]})
+    if args.split == "val" and len(data.splits["val"]) < args.eval_n:
+        raise SystemExit(f"error: --eval-n {args.eval_n} > the {len(data.splits['val'])} val tuples (n_val)")
     with tempfile.TemporaryDirectory() as tmp:
         # one context for the whole curve: it holds the model by reference and loads the classifiers once
-        ctx = EvalContext(model, p, data, torch.device("cpu"), Path(tmp), args.seed)
-        t0 = time.perf_counter()
+        ctx = EvalContext(model, p, scored, torch.device("cpu"), Path(tmp), args.seed)
+        ctx.classifiers = get_classifiers(data, p, torch.device("cpu"))
+        t0, c0 = time.perf_counter(), time.process_time()
         for s in range(start, start + args.steps + 1):
             if s > start:  # step s-1 of the Trainer's numbering: the batch it would draw
                 model.train()
@@ -93,15 +108,18 @@ def main() -> None:
             if (at_start and ck is None) or not (at_start or due):
                 continue
             train_s += time.perf_counter() - t0
+            train_cpu_s += time.process_time() - c0
             model.eval()
             with torch.no_grad():
                 c = conditional_coherence(ctx)
                 j = joint_coherence(ctx)
             print(json.dumps({"model": args.model, "M": M, "batch": p.batch_size, "step": s,
-                              "train_s": round(train_s, 1), "k1": round(c["coherence_cond_k1"], 3),
+                              "samples": s * p.batch_size, "split": args.split,
+                              "train_s": round(train_s, 1), "train_cpu_s": round(train_cpu_s, 1),
+                              "k1": round(c["coherence_cond_k1"], 3),
                               f"k{M - 1}": round(c[f"coherence_cond_k{M - 1}"], 3),
                               "joint": j["coherence_joint"]}), flush=True)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
 
 
 if __name__ == "__main__":
