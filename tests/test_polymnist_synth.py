@@ -75,3 +75,63 @@ def test_arrow_cache_is_fixed_size_uint8_and_roundtrips(tmp_path):
     for split in built:
         assert torch.equal(splits2[split].data["m1"], built[split].data["m1"])
         assert torch.equal(splits2[split].labels, built[split].labels)
+
+
+# ---------------------------------------------------------------- version 2 (synth_version=2)
+def test_v2_is_deterministic_for_a_seed_in_range_and_shaped_as_polymnist():
+    a = ps.build(3, 0, 64, 8, 32, version=2)
+    b = ps.build(3, 0, 64, 8, 32, version=2)
+    c = ps.build(3, 1, 64, 8, 32, version=2)
+    for split in a:
+        assert torch.equal(a[split].labels, b[split].labels)
+        for m in a[split].data:
+            x = a[split].data[m]
+            assert x.shape == (len(a[split]), 3, 28, 28) and x.dtype == torch.uint8  # [0, 1] once divided by 255
+            assert torch.equal(x, b[split].data[m])
+    assert not torch.equal(a["train"].data["m0"], c["train"].data["m0"])
+
+
+def test_v2_keeps_v1s_labels_and_instances_and_changes_the_pixels():
+    v1, v2 = ps.build(4, 0, 500, 8, 100, version=1), ps.build(4, 0, 500, 8, 100, version=2)
+    for split in v1:
+        assert torch.equal(v1[split].labels, v2[split].labels)  # the same (balanced) label draw
+        assert not torch.equal(v1[split].data["m0"], v2[split].data["m0"])
+    counts = torch.bincount(v2["train"].labels, minlength=10)
+    assert counts.min() > 0.6 * counts.float().mean()
+
+
+def test_v2_glyphs_fill_the_image_with_sharp_strokes():
+    g1, _ = ps._glyphs(1)
+    g2, _ = ps._glyphs(2)
+    assert g2.shape == g1.shape == (len(g1), 28, 28) and 0 <= g2.min() and g2.max() <= 1
+    assert g1[:, :4].max() == 0 and g2[:, :4].max() > 0  # v1 is padded to 20x20, v2 fills 28x28
+    soft = lambda g: ((g > 0.05) & (g < 0.95)).float().sum() / (g > 0.05).float().sum()  # noqa: E731
+    assert soft(g2) < soft(g1)  # fewer grey edge pixels per ink pixel
+
+
+def test_v2_modalities_have_their_own_smooth_textures():
+    s = ps.build(3, 0, 300, 4, 20, version=2)["train"]
+    means = torch.stack([s.data[m].float().mean((0, 2, 3)) for m in ("m0", "m1", "m2")])  # (M, 3) colour
+    assert torch.cdist(means, means).fill_diagonal_(1e9).min() > 5.0
+    t1, t2 = ps.texture(0, 0, 1), ps.texture(0, 0, 2)
+    rough = lambda t: (t[:, :, 1:] - t[:, :, :-1]).abs().mean()  # noqa: E731  neighbouring-pixel change
+    assert rough(t2) < 0.5 * rough(t1)  # no per-pixel colour noise
+
+
+def test_synth_version_is_a_checked_protocol_field_and_part_of_the_cache_key(tmp_path):
+    import pytest
+
+    from shala_bench.errors import ProtocolError
+    from shala_bench.protocol import make_protocol
+    from shala_bench.registry import get_registry
+
+    ds = get_registry().get_dataset("polymnist-synth")
+    small = dict(n_modalities=2, n_train=16, n_val=4, n_test=8)
+    p1, p2 = make_protocol(ds, "smoke", small), make_protocol(ds, "smoke", {**small, "synth_version": 2})
+    assert p1.synth_version == 1 and p1.hash != p2.hash
+    with pytest.raises(ProtocolError, match="synth_version"):
+        make_protocol(ds, "smoke", {**small, "synth_version": 3})
+    d1, d2 = ps.load(p1, tmp_path), ps.load(p2, tmp_path)
+    assert d1.cache_path != d2.cache_path and d2.source["synth_version"] == 2
+    assert torch.equal(d1.splits["train"].data["m0"], ps.build(2, 0, 16, 4, 8)["train"].data["m0"])
+    assert torch.equal(d2.splits["train"].data["m0"], ps.build(2, 0, 16, 4, 8, version=2)["train"].data["m0"])
