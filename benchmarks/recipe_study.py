@@ -97,7 +97,7 @@ def run(points: list[Point]) -> None:
             print(f"{point.name}: done", flush=True)
             continue
         p = point.resolved(best_mopoe())
-        sets = {**FIELD, "batch_size": p.batch_size, "lr": p.lr, "synth_version": p.synth_version}
+        sets = {**FIELD, "batch_size": p.batch_size, "lr": p.lr, "polymnist-synth.version": p.synth_version}
         cmd = [sys.executable, str(HERE / "learning_curve.py"), "--model", p.model, "--seed", "0",
                "--steps", str(p.steps), "--every", str(p.every), "--eval-n", "500", "--split", "val",
                "--threads", "1"] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]

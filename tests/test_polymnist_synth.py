@@ -77,7 +77,7 @@ def test_arrow_cache_is_fixed_size_uint8_and_roundtrips(tmp_path):
         assert torch.equal(splits2[split].labels, built[split].labels)
 
 
-# ---------------------------------------------------------------- version 2 (synth_version=2)
+# ---------------------------------------------------------------- version 2 (polymnist-synth.version=2)
 def test_v2_is_deterministic_for_a_seed_in_range_and_shaped_as_polymnist():
     a = ps.build(3, 0, 64, 8, 32, version=2)
     b = ps.build(3, 0, 64, 8, 32, version=2)
@@ -118,7 +118,7 @@ def test_v2_modalities_have_their_own_smooth_textures():
     assert rough(t2) < 0.5 * rough(t1)  # no per-pixel colour noise
 
 
-def test_synth_version_is_a_checked_protocol_field_and_part_of_the_cache_key(tmp_path):
+def test_the_version_is_a_checked_dataset_setting_and_part_of_the_cache_key(tmp_path):
     import pytest
 
     from shala_bench.errors import ProtocolError
@@ -127,10 +127,11 @@ def test_synth_version_is_a_checked_protocol_field_and_part_of_the_cache_key(tmp
 
     ds = get_registry().get_dataset("polymnist-synth")
     small = dict(n_modalities=2, n_train=16, n_val=4, n_test=8)
-    p1, p2 = make_protocol(ds, "smoke", small), make_protocol(ds, "smoke", {**small, "synth_version": 2})
-    assert p1.synth_version == 1 and p1.hash != p2.hash
-    with pytest.raises(ProtocolError, match="synth_version"):
-        make_protocol(ds, "smoke", {**small, "synth_version": 3})
+    p1 = make_protocol(ds, "smoke", {**small, "polymnist-synth.version": 1})
+    p2 = make_protocol(ds, "smoke", small)
+    assert p1.dataset_settings == {"version": 1} and p2.dataset_settings == {"version": 2} and p1.hash != p2.hash
+    with pytest.raises(ProtocolError, match="polymnist-synth.version must be one of 1, 2, got 3"):
+        make_protocol(ds, "smoke", {**small, "polymnist-synth.version": "3"})
     d1, d2 = ps.load(p1, tmp_path), ps.load(p2, tmp_path)
     assert d1.cache_path != d2.cache_path and d2.source["synth_version"] == 2
     assert torch.equal(d1.splits["train"].data["m0"], ps.build(2, 0, 16, 4, 8)["train"].data["m0"])
