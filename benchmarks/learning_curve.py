@@ -1,8 +1,8 @@
 """Coherence against training steps: the tool for sizing a profile's budget (a benchmark, not a test).
 
     python benchmarks/learning_curve.py --model mopoe --steps 1000 --every 250
-    python benchmarks/learning_curve.py --model mmvae --steps 1500 --set batch_size=8
-    python benchmarks/learning_curve.py --from runs/polymnist-synth/mmvae+/seed0-M8-c64fcc383f13 --steps 1600 --every 800
+    python benchmarks/learning_curve.py --model mmvae --steps 1500 --set batch_size=8 --set mmvae.K=4
+    python benchmarks/learning_curve.py --from runs/polymnist-synth/mmvae+/seed0-M8-c64fcc383f13-1a2b3c4d --steps 1600 --every 800
 
 Trains one model with the profile's optimiser and batches (the Trainer's own BatchStream)
 and, every `--every` steps, prints one JSON line: the training seconds so far and the
@@ -12,8 +12,11 @@ two-stage model (ShaLa) is refused: curve its stage-1 ablation (shala-noprior). 
 is large enough when every model's k = 1 coherence has left chance (1/C) by its last
 step; the profile comments quote what this printed.
 
+`--set` takes recipe settings (`batch_size=8`) and the model's or the dataset's own
+(`mmvae.K=4`, `ntu120.frames=16`), as `shala-bench run` does.
+
 `--from RUN` continues a finished single-stage run past its budget instead: the run's
-protocol, its checkpoint's weights and Adam state, and the batches the Trainer would have
+recipe and model config (from its record), its checkpoint's weights and Adam state, and the batches the Trainer would have
 drawn next; it prints the curve from the run's last step (first line: the run as it
 ended), so a run that ended at chance shows how many more steps it needed.
 """
@@ -30,7 +33,8 @@ import torch
 
 from shala_bench.evaluate import EvalContext
 from shala_bench.metrics.coherence import conditional_coherence, joint_coherence
-from shala_bench.protocol import make_protocol, parse_overrides, trained_fields
+from shala_bench.launch import RunSpec, check_namespaces, resolve
+from shala_bench.protocol import parse_overrides, trained_fields
 from shala_bench.registry import get_registry
 from shala_bench.results import RECORD, read_record
 from shala_bench.trainer import BatchStream, load_checkpoint, make_optimizer
@@ -45,7 +49,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=300, help="test tuples per coherence estimate")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override KEY=VALUE")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override KEY=VALUE (a recipe setting) or "
+                    "<model or dataset>.KEY=VALUE (its own setting)")
     ap.add_argument("--from", dest="from_run", metavar="RUN",
                     help="continue this finished run (folder) for --steps more steps; --model, --dataset, --profile, "
                          "--seed and --set come from its record")
@@ -58,14 +63,24 @@ def main() -> None:
         rec = read_record(Path(args.from_run) / RECORD)
         ck = load_checkpoint((Path(args.from_run) / rec.checkpoint).resolve())
         args.model, args.dataset, args.profile, args.seed = rec.model, rec.dataset, rec.profile, rec.seed
-        over = trained_fields(rec.protocol)
+        if rec.protocol.get("protocol_version", 1) < 2:
+            raise SystemExit(f"error: {args.from_run} was trained under protocol v{rec.protocol.get('protocol_version', 1)}, "
+                             "whose model settings protocol v2 keeps in the model's config: retrain it")
+        # the run's recipe (trained settings) and its recorded model config, namespaced as on the command line
+        over = {**trained_fields(rec.protocol), **{f"{rec.model}.{k}": v for k, v in rec.config.items()}}
     else:
         over = parse_overrides(args.overrides)
-    ds = reg.get_dataset(args.dataset)
-    p = make_protocol(ds, args.profile, {**over, **evaluation})
+        check_namespaces(over, {args.model, args.dataset}, reg, "this curve")
+    spec = RunSpec(model=args.model, dataset=args.dataset, profile=args.profile, seed=args.seed,
+                   overrides=tuple({**over, **evaluation}.items()))
+    p, entry, ds, resolved = resolve(spec, reg)
+    cfg = resolved.config
+    if args.from_run and cfg.hash != rec.config_hash:
+        raise SystemExit(f"error: the config of {args.from_run} does not resolve to its recorded config_hash: "
+                         "the model's settings changed since it was trained")
     data = ds.loader(p, None)
     torch.manual_seed(args.seed)
-    model = reg.get_model(args.model).factory(data.spec, p)
+    model = entry.build(data.spec, p, cfg)
     if len(model.stages) > 1:
         raise SystemExit(f"error: {args.model} trains stages {model.stages}; this script trains only the first "
                          "(curve its stage-1 ablation, e.g. shala-noprior)")

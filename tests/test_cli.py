@@ -16,7 +16,7 @@ def _run(argv, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["run", "--model", "mvea", "--profile", "smoke"], "unknown model 'mvea' (did you mean mvae"),
     (["run", "--model", "mvae", "--dataset", "polymnist-synt"], "unknown dataset 'polymnist-synt'"),
-    (["run", "--model", "mvae", "--set", "stepz=3"], "--set stepz: unknown protocol key (did you mean steps"),
+    (["run", "--model", "mvae", "--set", "stepz=3"], "--set stepz: unknown recipe setting (did you mean steps"),
     (["run", "--model", "mvae", "--set", "steps=many"], "--set steps=many: expected int"),
     (["run", "--model", "mvae", "--set", "steps"], "expected key=value"),
     (["run", "--model", "mvae", "--profile", "huge"], "unknown profile 'huge'"),
