@@ -12,9 +12,10 @@ same work and prints samples/s for both and the ratio ours / MultiVae:
 - the same batch, latent sizes and per-modality networks: MultiVae's
   `EncoderConvMMNIST_adapted` / `DecoderConvMMNIST`, the PolyMNIST networks ours follow
   (parameter counts are printed and checked);
-- the settings of the protocol (default: the quick profile) mapped onto MultiVae's configs:
-  Laplace likelihood with our scale, β, K, MVAE's random subsets, MMVAE+'s w size. What
-  cannot be matched is printed;
+- the settings of the recipe (default: the quick profile) and of our model's own config
+  (protocol v2; `--set mmvae.K=4` changes it) mapped onto MultiVae's configs: Laplace
+  likelihood with our scale, β, K, MVAE's random subsets, MMVAE+'s w size. What cannot be
+  matched is printed;
 - the same step: loss, backward, Adam (the protocol's lr), as benchmarks/throughput.py's
   bare loop times ours; MultiVae's is `model(inputs).loss`, what its trainer calls;
 - the same thread count, and alternating trials in one process (order swapped every
@@ -37,6 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from shala_bench.config import split_overrides
+from shala_bench.launch import check_namespaces
 from shala_bench.protocol import make_protocol, parse_overrides
 from shala_bench.registry import get_registry
 from shala_bench.trainer import BatchStream, make_optimizer
@@ -79,8 +82,10 @@ def mean_subset_size(M: int) -> float:
     return sum(k * math.comb(M, k) for k in sizes) / sum(math.comb(M, k) for k in sizes)
 
 
-def multivae_model(name: str, spec, p) -> tuple[torch.nn.Module, list[str]]:
-    """MultiVae's `name` on protocol p's settings, and the list of settings it cannot match."""
+def multivae_model(name: str, spec, p, config) -> tuple[torch.nn.Module, list[str]]:
+    """MultiVae's `name` on recipe p's shared settings and our model's own `config` (its resolved Config: β, K,
+    MVAE's random subsets, MMVAE+'s w size; read from the built model's `.config`), and the list of settings it
+    cannot match."""
     mods = spec.names
     M, D = len(mods), p.latent_dim
     unmatched: list[str] = []
@@ -99,11 +104,11 @@ def multivae_model(name: str, spec, p) -> tuple[torch.nn.Module, list[str]]:
         return ({m: EncoderConvMMNIST_adapted(cfg) for m in mods}, {m: DecoderConvMMNIST(cfg) for m in mods})
 
     if name == "mvae":
-        cfg = MVAEConfig(**common, use_subsampling=True, k=p.mvae_subsets, warmup=0, beta=p.beta)
+        cfg = MVAEConfig(**common, use_subsampling=True, k=config.subsets, warmup=0, beta=config.beta)
         enc, dec = convs(D)
         model = MVAE(cfg, enc, dec)
         unmatched.append(
-            f"random subsets: MultiVae draws k={p.mvae_subsets} subset(s) per BATCH (2 <= |S| <= M-1, shared by all "
+            f"random subsets: MultiVae draws k={config.subsets} subset(s) per BATCH (2 <= |S| <= M-1, shared by all "
             "samples), re-runs the encoders of each subset and decodes only its modalities; ours draws one subset per "
             "SAMPLE (masks), encodes once and decodes all M modalities for it - different work (ours: fewer "
             "encoder calls, more decoder calls)")
@@ -114,7 +119,7 @@ def multivae_model(name: str, spec, p) -> tuple[torch.nn.Module, list[str]]:
                 f"{(M + 1) / 2:.2f} vs {mean_subset_size(M):.2f}) - a different objective in expectation")
         unmatched.append("KL annealing: MultiVae's warmup set to 0 (ours has none) - matched")
     elif name == "mopoe":
-        cfg = MoPoEConfig(**common, beta=p.beta)
+        cfg = MoPoEConfig(**common, beta=config.beta)
         enc, dec = convs(D)
         model = MoPoE(cfg, enc, dec)
         S = 2**M - 1
@@ -127,24 +132,24 @@ def multivae_model(name: str, spec, p) -> tuple[torch.nn.Module, list[str]]:
         if M > 10:
             unmatched.append("M > 10: ours samples subsets for the KL term; MultiVae enumerates all 2^M - 1")
     elif name == "mmvae":
-        cfg = MMVAEConfig(**common, K=p.iwae_k, prior_and_posterior_dist="normal", learn_prior=False,
-                          beta=p.beta, loss="dreg_looser")
+        cfg = MMVAEConfig(**common, K=config.K, prior_and_posterior_dist="normal", learn_prior=False,
+                          beta=config.beta, loss="dreg_looser")
         enc, dec = convs(D)
         model = MMVAE(cfg, enc, dec)
         unmatched.append("posterior/prior: MultiVae's 'normal' with a fixed N(0, I) prior (its defaults are "
                          "Laplace-with-softmax and a learnable prior); ours are Gaussian experts, fixed N(0, I) "
                          "- matched by choice")
-        if p.beta != 1.0:
-            unmatched.append(f"beta={p.beta}: MultiVae's MMVAE ignores beta (its loss has none); ours multiplies "
+        if config.beta != 1.0:
+            unmatched.append(f"beta={config.beta}: MultiVae's MMVAE ignores beta (its loss has none); ours multiplies "
                              "the latent terms - NOT matched (no effect on work)")
         unmatched.append("loss scale: MultiVae returns the batch SUM of the negative bound, ours the mean "
                          "(same gradient direction; no effect on work)")
         unmatched.append("decoder calls: MultiVae decodes the M x M (expert, target) pairs in M^2 calls of K*B, "
                          "ours in M calls of M*K*B (same FLOPs)")
     elif name == "mmvae+":
-        Dw = p.w_dim
-        cfg = MMVAEPlusConfig(**common, K=p.iwae_k, prior_and_posterior_dist="laplace_with_softmax",
-                              learn_shared_prior=False, learn_modality_prior=True, beta=p.beta,
+        Dw = config.w_dim
+        cfg = MMVAEPlusConfig(**common, K=config.K, prior_and_posterior_dist="laplace_with_softmax",
+                              learn_shared_prior=False, learn_modality_prior=True, beta=config.beta,
                               modalities_specific_dim=Dw, reconstruction_option="joint_prior", loss="iwae_looser")
         enc = {m: SplitEncoder(Dw, D) for m in mods}
         dec = {m: DecoderConvMMNIST(BaseAEConfig(input_dim=(3, 28, 28), latent_dim=D + Dw)) for m in mods}
@@ -220,10 +225,11 @@ def copy_weights(ours, theirs, name: str) -> None:
                 theirs.logvars_priors[m].copy_(ours.r_logits[i].unsqueeze(0))
 
 
-def loss_check(name: str, entry, spec, p, batch: dict[str, Tensor], draws: int) -> tuple[float, float, float]:
+def loss_check(name: str, entry, spec, p, config, batch: dict[str, Tensor], draws: int) -> tuple[float, float, float]:
     """Mean (and the difference's standard error) of both losses over `draws` noise draws, same weights."""
     torch.manual_seed(0)
-    ours, (theirs, _) = entry.factory(spec, p), multivae_model(name, spec, p)
+    ours = entry.build(spec, p, config)
+    theirs, _ = multivae_model(name, spec, p, ours.config)
     copy_weights(ours, theirs, name)
     per = next(iter(batch.values())).shape[0] if name in SUMMED else 1
     lo, lt = [], []
@@ -253,7 +259,8 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=16, help="distinct batches, cycled (bounds memory at large batch)")
     ap.add_argument("--dataset", default="polymnist-synth")
     ap.add_argument("--profile", default="quick")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override key=value")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override: a recipe setting key=value, or a model's own "
+                    "<model>.key=value (e.g. mmvae.K=4, mvae.subsets=2)")
     ap.add_argument("--check", type=int, default=0, metavar="DRAWS",
                     help="before timing, print both losses with our weights copied into MultiVae's, averaged over "
                          "DRAWS noise draws (a check of the mapping; 0 = off)")
@@ -267,38 +274,44 @@ def main() -> None:
 
     reg = get_registry()
     ds = reg.get_dataset(args.dataset)
+    overrides = parse_overrides(args.overrides)
+    check_namespaces(overrides, set(args.models) | {args.dataset}, reg, "this benchmark")
     rows = []
     for M in args.M:
-        base = make_protocol(ds, args.profile, {**parse_overrides(args.overrides), "n_modalities": M})
+        base = make_protocol(ds, args.profile, {**overrides, "n_modalities": M})
         data = ds.loader(base, None)
         for B in args.batch or [base.batch_size]:
-            p = make_protocol(ds, args.profile, {**parse_overrides(args.overrides), "n_modalities": M,
+            p = make_protocol(ds, args.profile, {**overrides, "n_modalities": M,
                                                  "batch_size": B})
             stream = BatchStream(data.splits["train"], B, 0, 0, "cpu")
             batches = [stream.batch(s) for s in range(min(args.pool, args.warmup + args.steps))]
             for name in args.models:
                 entry = reg.get_model(name)
-                check = loss_check(name, entry, data.spec, p, batches[0], args.check) if args.check else None
+                # our model's own settings: its defaults under p, with `--set <model>.key=value`
+                cfg = entry.resolve(p, split_overrides(overrides)[1].get(name)).config
+                check = loss_check(name, entry, data.spec, p, cfg, batches[0], args.check) if args.check else None
                 if check:
                     say(f"  {name:7s} M={M} B={B}: loss with the same weights, mean of {args.check} draws: ours "
                         f"{check[0]:.2f}  multivae {check[1]:.2f}  (difference {check[0] - check[1]:+.2f}, "
                         f"s.e. {check[2]:.2f})", flush=True)
                 ours_t, theirs_t = [], []
                 for trial in range(args.trials):
-                    sides = [(entry.factory, ours_loss, ours_t, make_optimizer),
-                             (None, multivae_loss, theirs_t, torch.optim.Adam)]
-                    for factory, loss_fn, out, optimizer in sides if trial % 2 == 0 else sides[::-1]:
+                    sides = [(True, ours_loss, ours_t, make_optimizer),
+                             (False, multivae_loss, theirs_t, torch.optim.Adam)]
+                    for mine, loss_fn, out, optimizer in sides if trial % 2 == 0 else sides[::-1]:
                         torch.manual_seed(trial)
                         np.random.seed(trial)  # MultiVae's MVAE draws its subsets with numpy
-                        model = factory(data.spec, p) if factory else multivae_model(name, data.spec, p)[0]
+                        model = entry.build(data.spec, p, cfg) if mine else multivae_model(name, data.spec, p, cfg)[0]
                         out.append(timed_loop(loss_fn, model, batches, args.steps, args.warmup, p.lr, optimizer))
                 torch.manual_seed(0)
-                ours, (theirs, unmatched) = entry.factory(data.spec, p), multivae_model(name, data.spec, p)
+                ours = entry.build(data.spec, p, cfg)
+                theirs, unmatched = multivae_model(name, data.spec, p, ours.config)
                 nets = network_params(ours, theirs)
                 n = args.steps * B
                 wall = lambda ts: statistics.median(t for t, _ in ts)  # noqa: E731
                 cpu = lambda ts: statistics.median(c for _, c in ts)  # noqa: E731
                 row = dict(model=name, M=M, batch=B, threads=args.threads, steps=args.steps, trials=args.trials,
+                           config=cfg.to_dict(),
                            params_ours=n_params(ours), params_multivae=n_params(theirs), **nets,
                            ours_samples_per_s=n / wall(ours_t), multivae_samples_per_s=n / wall(theirs_t),
                            ours_samples_per_cpu_s=n / cpu(ours_t), multivae_samples_per_cpu_s=n / cpu(theirs_t),

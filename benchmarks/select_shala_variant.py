@@ -7,10 +7,13 @@ Two steps. Test-split numbers are never read by either.
    posterior-sampling weight, steps and correctors of shala-post), one validation record each:
 
        python benchmarks/select_shala_variant.py evaluate --runs runs --out runs-val \\
-           --grid guidance_scale=1,2,3 --grid shala_post_weight=0.05,0.2,1 --grid shala_post_langevin=0,2
+           --grid guidance_scale=1,2,3 --grid post_weight=0.05,0.2,1 --grid post_langevin=0,2
 
-   A grid key applies only to the variants that read it (READS below); every other setting stays
-   the run's. The validation split is evaluated in the place of the test split, with a cache folder
+   Grid keys are the variants' own evaluation settings (the fields their config classes flag as
+   evaluation settings, e.g. `guidance_scale`, `post_weight`; `shala-bench config --model shala-post`
+   lists them). A grid key applies only to the variants that read it (READS below); every trained
+   setting stays the run's (its recipe, and its recorded model config), the other evaluation settings
+   are the profile's defaults. The validation split is evaluated in the place of the test split, with a cache folder
    of its own (`--cache-dir`, default <out>/.cache): the harness caches real-data statistics by split
    name, so sharing its cache would mix the two splits.
 
@@ -33,8 +36,11 @@ Two steps. Test-split numbers are never read by either.
 
 A validation record (`validation.json`) is one JSON object: kind "shala-validation", split "val",
 model, n_modalities, seed, settings (the grid point), trained (the run's trained settings that differ
-from its profile's: runs of one variant with different trained settings are different candidates), metrics, protocol_hash (of the evaluation
-protocol), timings, source_run (the training run's folder), created. Only the metrics the rule reads
+from its profile's: recipe settings that differ from the profile's recipe, and fields of the recorded model
+config that differ from the model's resolved defaults under the run's recipe; runs of one variant with
+different trained settings are different candidates), metrics, protocol_hash (of the evaluation recipe),
+config and config_hash (the model config it was evaluated with), timings, source_run (the training run's
+folder), created. Only the metrics the rule reads
 are computed (METRICS).
 """
 
@@ -53,12 +59,12 @@ KIND = "shala-validation"
 VALIDATION = "validation.json"
 INCUMBENT = "shala-fused"
 VARIANTS = ("shala-fused", "shala-cond", "shala-post")
-# which evaluation settings each variant's sampling reads (a grid key is applied only where it is read)
+# which of its config's evaluation settings each variant's sampling reads (a grid key is applied only where it is
+# read: shala-post's config inherits guidance_scale, which its unconditional prior never reads)
 READS = {
-    "shala-fused": {"guidance_scale", "sample_steps", "shala_ddim_eta"},
-    "shala-cond": {"guidance_scale", "sample_steps", "shala_ddim_eta"},
-    "shala-post": {"sample_steps", "shala_ddim_eta", "shala_post_weight", "shala_post_steps", "shala_post_langevin",
-                   "shala_post_snr"},
+    "shala-fused": {"guidance_scale", "sample_steps", "ddim_eta"},
+    "shala-cond": {"guidance_scale", "sample_steps", "ddim_eta"},
+    "shala-post": {"sample_steps", "ddim_eta", "post_weight", "post_steps", "post_langevin", "post_snr"},
 }
 SCORE, KAPPA, FD = "coherence_cond_k1", "coherence_joint_kappa", "fd_mean"
 # the metrics the rule reads (the probe, grids, test bound and FID are skipped: for shala-post the probe
@@ -75,7 +81,7 @@ class SelectionError(RuntimeError):
 class Candidate:
     model: str
     settings: dict  # the evaluation grid point
-    trained: dict  # the runs' trained settings that differ from the profile's (e.g. shala_joint_modality_dropout)
+    trained: dict  # the runs' trained settings that differ from the profile's (e.g. shala-cond's modality_dropout)
     per_m: dict  # M -> {"score", "kappa", "fd", "seeds"}
     score: float | None = None
     eligible: bool = True
@@ -185,15 +191,33 @@ def table(decision: dict) -> str:
 
 
 # ---------------------------------------------------------------- step 1: evaluate on validation
-def parse_grid(items: list[str]) -> dict[str, list]:
-    from shala_bench.protocol import EVALUATION_FIELDS, parse_overrides
+def evaluation_settings() -> dict:
+    """{field name: its dataclass field} of every evaluation setting of the variants' configs."""
+    from shala_bench.registry import get_registry
 
+    reg = get_registry()
+    out = {}
+    for model in VARIANTS:
+        cls = reg.get_model(model).config
+        out.update({f.name: f for f in dataclasses.fields(cls) if f.name in cls.evaluation_fields()})
+    return out
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    from shala_bench.config import coerce
+    from shala_bench.errors import ProtocolError
+
+    fields = evaluation_settings()
     grid: dict[str, list] = {}
     for item in items:
         key, _, values = item.partition("=")
-        if key not in EVALUATION_FIELDS:
-            raise SelectionError(f"--grid {key}: only evaluation settings can be chosen here ({', '.join(EVALUATION_FIELDS)})")
-        grid[key] = [parse_overrides([f"{key}={v}"])[key] for v in values.split(",") if v]
+        if key not in fields:
+            raise SelectionError(f"--grid {key}: only the variants' evaluation settings can be chosen here "
+                                 f"({', '.join(sorted(fields))})")
+        try:
+            grid[key] = [coerce(key, fields[key].type, v) for v in values.split(",") if v]
+        except ProtocolError as e:
+            raise SelectionError(f"--grid {item}: {e}") from None
     return grid
 
 
@@ -219,22 +243,34 @@ def evaluate_on_validation(run: Path, settings: dict, out: Path, cache_dir: Path
     from shala_bench.trainer import load_checkpoint
 
     rec = read_record(Path(run) / RECORD)
+    if rec.protocol.get("protocol_version", 1) < 2:
+        raise SelectionError(f"{run} was trained under protocol v{rec.protocol.get('protocol_version', 1)}, whose "
+                             "model settings protocol v2 keeps in the model's config: retrain it")
     reg = get_registry()
     ds, entry = reg.get_dataset(rec.dataset), reg.get_model(rec.model)
-    p = make_protocol(ds, rec.profile, {**trained_fields(rec.protocol), **settings})
+    p = make_protocol(ds, rec.profile, trained_fields(rec.protocol))
+    evaluation = set(entry.config.evaluation_fields())
+    recorded = {k: v for k, v in rec.config.items() if k not in evaluation}  # the trained model config
+    cfg = entry.resolve(p, {**recorded, **settings}).config
     data = ds.loader(p, None)
     if len(data.splits["val"]) == 0:
         raise SelectionError(f"{run}: the protocol has no validation split (n_val = 0)")
     torch.manual_seed(rec.seed)
-    model = entry.factory(data.spec, p)
+    model = entry.build(data.spec, p, cfg)
     model.load_state_dict(load_checkpoint((Path(run) / rec.checkpoint).resolve())["model"])
-    base = make_protocol(ds, rec.profile, {"n_modalities": rec.n_modalities}).to_dict()
+    # trained settings that differ from the profile's: the recipe's, then the model config's (against its
+    # defaults resolved under the run's recipe, so an inherited value that follows the recipe is not counted twice)
+    base = trained_fields(make_protocol(ds, rec.profile, {"n_modalities": rec.n_modalities}).to_dict())
     trained = {k: v for k, v in trained_fields(rec.protocol).items() if base.get(k) != v}
+    defaults = entry.resolve(p).config.to_dict()
+    trained.update({(k if k not in trained else f"{rec.model}.{k}"): v for k, v in recorded.items()
+                    if defaults.get(k) != v})
     tag = hashlib.sha256(settings_key(settings).encode()).hexdigest()[:10]
     folder = Path(out) / rec.dataset / rec.model / rec.run_id / tag
     values, timings, _ = evaluate(model, p, validation_view(data), folder, rec.seed, device, cache_dir, only=list(metrics))
     body = {"kind": KIND, "split": "val", "model": rec.model, "dataset": rec.dataset, "n_modalities": rec.n_modalities,
             "seed": rec.seed, "settings": settings, "trained": trained, "metrics": values, "timings": timings, "protocol_hash": p.hash,
+            "config": cfg.to_dict(), "config_hash": cfg.hash,
             "source_run": str(Path(run).resolve()), "created": now()}
     atomic_write_text(folder / VALIDATION, json.dumps(body, indent=2, sort_keys=True) + "\n")
     return folder / VALIDATION

@@ -43,6 +43,21 @@ from shala_bench import trainer as trainer_module
 from shala_bench.trainer import BatchStream, Trainer
 
 
+def model_config(entry, p, overrides: dict):
+    """The model's own settings under recipe `p` (protocol v2: its defaults, with this model's
+    `--set <model>.key=value`); None on checkouts before protocol v2, whose recipe held every model's settings."""
+    if not hasattr(entry, "resolve"):
+        return None
+    from shala_bench.config import split_overrides
+
+    return entry.resolve(p, split_overrides(overrides)[1].get(entry.name)).config
+
+
+def build(entry, spec, p, cfg):
+    """The model as a run builds it, on this checkout's API (entry.build since protocol v2, entry.factory before)."""
+    return entry.build(spec, p, cfg) if hasattr(entry, "build") else entry.factory(spec, p)
+
+
 def make_optimizer(params, lr: float):
     """The Trainer's optimizer where the harness exposes it (newer commits), else plain Adam (older ones)."""
     factory = getattr(trainer_module, "make_optimizer", None)
@@ -105,17 +120,19 @@ def measure_cell(reg, ds, profile: str, model_name: str, M: int, batch: int, ste
                                     "checkpoint_every": max(steps, base.checkpoint_every),
                                     "log_every": min(base.log_every, steps)})
     entry = reg.get_model(model_name)
+    # the model's own settings: its defaults under this recipe, with this model's `--set <model>.key=value`
+    cfg = model_config(entry, p, overrides)
     stream = BatchStream(data.splits["train"], p.batch_size, 0, 0, "cpu")
     batches = [stream.batch(s) for s in range(steps)]
     torch.manual_seed(0)
-    model = entry.factory(data.spec, p)
+    model = build(entry, data.spec, p, cfg)
     flops = step_flops(model, batches[0])
     n_params = sum(q.numel() for q in model.parameters())
 
     harness, bare, harness_cpu, bare_cpu = [], [], [], []
     for trial in range(trials + 1):  # trial 0 warms up (allocator, oneDNN primitive caches) and is dropped
         torch.manual_seed(trial)
-        model = entry.factory(data.spec, p)
+        model = build(entry, data.spec, p, cfg)
         model.stages = model.stages[:1]  # the Trainer runs the first stage only: the one the bare loop runs
         with tempfile.TemporaryDirectory() as tmp:
             tr = Trainer(model, p, data.splits["train"], Path(tmp), seed=trial, progress=False)
@@ -126,7 +143,7 @@ def measure_cell(reg, ds, profile: str, model_name: str, M: int, batch: int, ste
             tr.save()
             save_s, save_c = time.perf_counter() - t, time.process_time() - c
         torch.manual_seed(trial)
-        bare_s, bare_c = bare_loop(entry.factory(data.spec, p), batches, p.lr)
+        bare_s, bare_c = bare_loop(build(entry, data.spec, p, cfg), batches, p.lr)
         if trial:
             harness.append(fit_s - save_s + save_s * steps / base.checkpoint_every)
             harness_cpu.append(fit_c - save_c + save_c * steps / base.checkpoint_every)
@@ -135,6 +152,7 @@ def measure_cell(reg, ds, profile: str, model_name: str, M: int, batch: int, ste
     h, b = statistics.median(harness), statistics.median(bare)
     hc, bc = statistics.median(harness_cpu), statistics.median(bare_cpu)
     return {"model": model_name, "M": M, "batch": batch, "steps": steps, "trials": trials,
+            "config": cfg.to_dict() if cfg is not None else None,
             "threads": torch.get_num_threads(), "n_params": n_params,
             "trainer_samples_per_s": steps * batch / h, "bare_samples_per_s": steps * batch / b,
             "trainer_ms_per_step": h / steps * 1e3, "bare_ms_per_step": b / steps * 1e3,
@@ -159,13 +177,18 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
     ap.add_argument("--json", type=Path, help="write all numbers to this JSON file")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="protocol override key=value")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override: a recipe setting key=value, or a model's or the dataset's own <name>.key=value "
+                         "(e.g. mmvae.K=4, ntu120.frames=16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     reg = get_registry()
     ds = reg.get_dataset(args.dataset)
     overrides = parse_overrides(args.overrides)
+    if hasattr(reg.get_model(args.models.split(",")[0]), "resolve"):  # protocol v2: namespaced keys are checked
+        from shala_bench.launch import check_namespaces
+
+        check_namespaces(overrides, set(args.models.split(",")) | {args.dataset}, reg, "this benchmark")
     peak = {}
     if not args.no_peak:
         peak["fp32_gflops"] = matmul_peak(torch.float32)

@@ -19,8 +19,8 @@ from shala_bench.registry import get_registry
 class Oracle(MVAE):
     """MVAE whose sample(n) and generate() return the first test tuples (as floats in [0, 1])."""
 
-    def __init__(self, spec, protocol, test):
-        super().__init__(spec, protocol)
+    def __init__(self, spec, protocol, config, test):
+        super().__init__(spec, protocol, config)
         self.test = test
 
     def sample(self, n):
@@ -37,8 +37,9 @@ def smoke_ctx(tmp_path):
         entry = get_registry().get_dataset("polymnist-synth")
         p = make_protocol(entry, "smoke", overrides)
         data = entry.loader(p, None)
+        cfg = get_registry().get_model("mvae").resolve(p).config  # MVAE's own settings, resolved under p
         torch.manual_seed(0)
-        model = Oracle(data.spec, p, data.splits["test"]) if oracle else MVAE(data.spec, p)
+        model = Oracle(data.spec, p, cfg, data.splits["test"]) if oracle else MVAE(data.spec, p, cfg)
         return EvalContext(model.eval(), p, data, torch.device("cpu"), tmp_path / "run", 0, options=options or {})
 
     return make

@@ -24,14 +24,18 @@ SMOKE = ["run", "--model", "mvae", "--profile", "smoke", "--no-progress"]
 @pytest.mark.parametrize("argv, needle", [
     (["--set", "beta=-1"], "beta must be >= 0, got -1.0"),
     (["--set", "fd_n=-5"], "fd_n must be >= 0, got -5"),
-    (["--set", "prior_max_samples=0"], "prior_max_samples must be > 0, got 0"),
+    (["--model", "shala", "--set", "shala.prior_max_samples=0"], "shala.prior_max_samples must be > 0, got 0"),
     (["--set", "eval_n=0"], "eval_n must be > 0"),
     (["--set", "data_seed=-1"], "data_seed must be >= 0"),
     (["--set", "lr=nan"], "lr must be > 0, got nan"),
-    (["--set", "ntu_split=xview"], "ntu_split must be one of xsub, xset"),
-    (["--set", "ucf_split=4"], "ucf_split must be one of 1, 2, 3"),
-    (["--set", "shala_ddim_eta=2"], "shala_ddim_eta must be in [0, 1]"),
-    (["--set", "sample_steps=500"], "sample_steps=500 must be <= diffusion_T=50"),
+    (["--dataset", "ntu120", "--set", "ntu120.split=xview"], "ntu120.split must be one of xsub, xset"),
+    (["--dataset", "ucf101", "--set", "ucf101.split=4"], "ucf101.split must be one of 1, 2, 3"),
+    (["--model", "shala", "--set", "shala.ddim_eta=2"], "shala.ddim_eta must be in [0, 1], got 2.0"),
+    (["--model", "shala", "--set", "shala.sample_steps=500"], "shala.sample_steps=500 must be <= diffusion_T=50"),
+    (["--model", "mopoe", "--set", "mopoe.bta=2"], "unknown setting mopoe.bta"),
+    (["--set", "mopoe.beta=2"], "'mopoe' is another model's or dataset's settings"),
+    (["--set", "prior_steps=0"], "not a shared recipe setting since protocol v2; it is the plugin's own setting "
+                                 "shala.prior_steps"),
     (["--seed", "-1"], "--seed -1: a training seed must be >= 0"),
     (["--threads", "0"], "--threads 0: must be >= 1"),
 ])
@@ -49,7 +53,9 @@ def test_every_protocol_field_has_a_range_and_every_profile_is_inside_them():
     for name in reg.datasets:
         entry = reg.get_dataset(name)
         for profile in entry.profiles:
-            make_protocol(entry, profile)  # raises if a shipped profile is out of range
+            recipe = make_protocol(entry, profile)  # raises if a shipped profile is out of range
+            for model in reg.models:  # and so does a model's own config (validated when resolved)
+                reg.get_model(model).resolve(recipe)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ def _run(argv, capsys):
 @pytest.mark.parametrize("argv, needle", [
     (["run", "--model", "mvea", "--profile", "smoke"], "unknown model 'mvea' (did you mean mvae"),
     (["run", "--model", "mvae", "--dataset", "polymnist-synt"], "unknown dataset 'polymnist-synt'"),
-    (["run", "--model", "mvae", "--set", "max_train_sample=3"], "--set max_train_sample: unknown protocol key (did you mean max_train_samples"),
+    (["run", "--model", "mvae", "--set", "max_train_sample=3"], "--set max_train_sample: unknown recipe setting (did you mean max_train_samples"),
     (["run", "--model", "mvae", "--set", "max_train_samples=many"], "--set max_train_samples=many: expected int"),
     (["run", "--model", "mvae", "--set", "max_train_samples"], "expected key=value"),
     (["run", "--model", "mvae", "--profile", "huge"], "unknown profile 'huge'"),

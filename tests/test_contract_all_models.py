@@ -33,7 +33,7 @@ def subsets(names):
 def build(name, smoke):
     p, spec, _ = smoke
     torch.manual_seed(0)
-    return get_registry().get_model(name).factory(spec, p)
+    return get_registry().get_model(name).build(spec, p)
 
 
 def test_every_baseline_is_registered():
@@ -101,3 +101,18 @@ def test_negative_bound_is_per_sample_and_finite(name, smoke):
         nb = model.negative_bound(x)
     assert nb.shape == (B,) and torch.isfinite(nb).all()
     assert isinstance(model.bound_name, str) and model.bound_name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_built_model_carries_its_resolved_config(name, smoke):
+    from shala_bench.config import from_record
+
+    p, _, _ = smoke
+    entry = get_registry().get_model(name)
+    model = build(name, smoke)
+    if entry.config is None:
+        assert model.config is None
+        return
+    resolved = entry.resolve(p).config
+    assert model.config == resolved and all(v is not None for v in resolved.to_dict().values())  # inherited: filled
+    assert from_record(entry.config, resolved.to_dict()).hash == resolved.hash  # a record's config rebuilds it

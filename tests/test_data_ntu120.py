@@ -68,8 +68,10 @@ def write_ntu(root: Path, setups=(1,), performers=(1, 3), replications=(1, 2), a
     return root
 
 
-def proto(**kw):
-    return make_protocol(get_registry().get_dataset("ntu120"), "smoke", kw)
+def proto(frames: int | None = None, split: str | None = None, **kw):
+    """The smoke recipe on ntu120; `frames` / `split` are the dataset's own settings (ntu120.frames, ntu120.split)."""
+    own = {f"ntu120.{k}": v for k, v in (("frames", frames), ("split", split)) if v is not None}
+    return make_protocol(get_registry().get_dataset("ntu120"), "smoke", {**kw, **own})
 
 
 # ---------------------------------------------------------------- reading and normalising
@@ -167,13 +169,20 @@ def test_cross_subject_and_cross_setup_follow_the_official_rules():
     meta = [(5, 1, 1, 1), (6, 2, 3, 1), (7, 3, 2, 1), (8, 4, 6, 1), (9, 2, 1, 2), (10, 5, 3, 2)]
     splits = _meta_split(meta)
     for split, train_rows in (("xsub", {0, 2, 4}), ("xset", {1, 3, 4})):
-        spec, out = ntu120.DATASET.select(splits, proto(ntu_split=split, n_val=0))
+        spec, out = ntu120.DATASET.select(splits, proto(split=split, n_val=0))
         got_train = {int(x) for x in out["train"].data["cam1"][:, 0, 0, 0]}
         got_test = {int(x) for x in out["test"].data["cam2"][:, 0, 0, 0]}
         assert got_train == train_rows and got_test == set(range(6)) - train_rows
         assert out["train"].labels.tolist() == [meta[i][0] for i in out["train"].data["cam3"][:, 0, 0, 0].long()]
-    with pytest.raises(ProtocolError, match="ntu_split must be one of xsub, xset"):
-        ntu120.DATASET.select(splits, proto(ntu_split="xview"))
+        assert ntu120.settings(proto(split=split)).split == split
+    with pytest.raises(ProtocolError, match="ntu120.split must be one of xsub, xset"):
+        ntu120.DATASET.select(splits, proto(split="xview"))
+    # and a recipe that bypassed the config's validation is refused when the split is drawn
+    import dataclasses
+
+    bad = dataclasses.replace(proto(), dataset_settings={**proto().dataset_settings, "split": "xview"})
+    with pytest.raises(ProtocolError, match="ntu120.split must be one of xsub, xset"):
+        ntu120.DATASET.select(splits, bad)
 
 
 def test_val_is_a_seeded_slice_of_train_and_n_modalities_takes_the_first_views():
@@ -190,7 +199,7 @@ def test_val_is_a_seeded_slice_of_train_and_n_modalities_takes_the_first_views()
 
 def test_frames_must_suit_the_backbone():
     with pytest.raises(ProtocolError, match="multiple of 4"):
-        ntu120.frames(proto(ntu_frames=10))
+        ntu120.frames(proto(frames=10))
 
 
 # ---------------------------------------------------------------- cache behaviour
@@ -213,12 +222,12 @@ def test_prepare_reuses_cache_and_rebuilds_on_changed_source_or_converter(tmp_pa
 def test_loader_builds_new_frame_counts_from_the_prepared_source_and_refuses_a_changed_one(tmp_path):
     root, cache = write_ntu(tmp_path / "ntu"), tmp_path / "cache"
     ntu120.DATASET.prepare(root, proto(), cache, progress=False)
-    data = ntu120.DATASET.load(proto(ntu_frames=8, n_val=1), cache)  # not prepared for T = 8: built from root
+    data = ntu120.DATASET.load(proto(frames=8, n_val=1), cache)  # not prepared for T = 8: built from root
     assert data.spec.modalities[0].shape == (8, 25, 3) and data.source["root"] == str(root.resolve())
     (root / "S001C001P001R001A001.skeleton").unlink()
     with pytest.raises(DataError, match=r"changed since it was prepared; run `.*shala-bench data prepare ntu120 --root"):
-        ntu120.DATASET.load(proto(ntu_frames=12, n_val=1), cache)
-    ntu120.DATASET.load(proto(ntu_frames=8, n_val=1), cache)  # the cache built before still serves
+        ntu120.DATASET.load(proto(frames=12, n_val=1), cache)
+    ntu120.DATASET.load(proto(frames=8, n_val=1), cache)  # the cache built before still serves
 
 
 def test_unprepared_dataset_says_which_command_to_run(tmp_path, results):

@@ -64,8 +64,10 @@ def make_ucf(root: Path) -> Path:
     return root
 
 
-def smoke_protocol(**overrides):
-    return make_protocol(get_registry().get_dataset("ucf101"), "smoke", overrides)
+def smoke_protocol(split: int | None = None, frames: int | None = None, **overrides):
+    """The smoke recipe on ucf101; `split` / `frames` are the dataset's own settings (ucf101.split, ucf101.frames)."""
+    own = {f"ucf101.{k}": v for k, v in (("split", split), ("frames", frames)) if v is not None}
+    return make_protocol(get_registry().get_dataset("ucf101"), "smoke", {**overrides, **own})
 
 
 def test_decoded_clip_samples_uniform_frames_and_motion_is_the_next_frame_difference(tmp_path):
@@ -128,7 +130,7 @@ def test_split_lists_pick_train_val_test_and_labels_follow_the_class_folders(tmp
     cache = tmp_path / "cache"
     ucf101.DATASET.prepare(root, smoke_protocol(), cache, progress=False)
     for s, test_group in ((1, 2), (2, 1)):
-        data = ucf101.DATASET.load(smoke_protocol(ucf_split=s, n_val=2), cache)
+        data = ucf101.DATASET.load(smoke_protocol(split=s, n_val=2), cache)
         sp = data.splits
         assert data.source["ucf_split"] == s  # recorded in every run record
         assert (len(sp["train"]), len(sp["val"]), len(sp["test"])) == (4, 2, 6)

@@ -39,7 +39,8 @@ def test_eval_writes_a_new_record_for_the_same_checkpoint_without_retraining(fin
     assert str(new_path) in out
     new = read_record(new_path)
     assert new.ok and new.protocol["fd_n"] == 32 and new.protocol["probe_n"] == 64
-    assert new.protocol_hash != rec.protocol_hash and new.run_id.endswith(new.protocol_hash[:12])
+    assert new.protocol_hash != rec.protocol_hash and new.run_id == f"seed0-M3-{new.protocol_hash[:12]}-{rec.config_hash[:8]}"
+    assert (new.config, new.config_hash) == (rec.config, rec.config_hash)  # the model's own settings are the run's
     assert (new_path.parent / new.checkpoint).resolve() == ck.resolve() and sha(ck) == before
     assert (new_path.parent / new.artifacts["source_record"]).resolve() == (folder / "record.json").resolve()
     assert (new_path.parent / new.artifacts["samples_joint"]).is_file()
@@ -77,6 +78,29 @@ def test_eval_refuses_to_change_training_settings(finished, capsys):
     assert main(["eval", str(folder), "--set", "latent_dim=64"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "latent_dim" in err and "evaluation settings" in err
+
+
+def test_eval_refuses_to_change_the_models_trained_settings_and_other_models_settings(finished, capsys):
+    _, folder = finished
+    assert main(["eval", str(folder), "--set", "mvae.subsets=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "mvae.subsets" in err and "evaluation settings" in err
+    assert main(["eval", str(folder), "--set", "shala.guidance_scale=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'shala' is another model's or dataset's settings" in err
+
+
+def test_eval_changes_a_models_own_evaluation_setting_without_retraining(results, request):
+    rec = run_one(smoke_spec("shala-post", results))
+    assert rec.ok and rec.config["post_weight"] == 1.0
+    request.getfixturevalue("no_training")  # from here on
+    folder = results / "polymnist-synth" / "shala-post" / rec.run_id
+    assert main(["eval", str(folder), "--set", "shala-post.post_weight=0.1"]) == 0
+    (new_path,) = [p for p in folder.parent.glob("*/record.json") if p.parent != folder]
+    new = read_record(new_path)
+    assert new.ok and new.config == {**rec.config, "post_weight": 0.1} and new.protocol_hash == rec.protocol_hash
+    assert new.config_hash != rec.config_hash and new.run_id == f"seed0-M3-{rec.protocol_hash[:12]}-{new.config_hash[:8]}"
+    assert (new_path.parent / new.checkpoint).resolve() == (folder / "checkpoint.pt").resolve()
 
 
 def test_eval_of_a_folder_without_a_record_is_one_line_error(tmp_path, capsys):

@@ -57,7 +57,7 @@ def test_parameter_counts_and_state_dict_layout_are_unchanged(name):
     ds = reg.get_dataset("polymnist-synth")
     p = make_protocol(ds, "smoke", {"n_modalities": 3})
     data = ds.loader(p, None)
-    model: MultimodalVAE = reg.get_model(name).factory(data.spec, p)
+    model: MultimodalVAE = reg.get_model(name).build(data.spec, p)
     assert sum(q.numel() for q in model.parameters()) == PARAMS_M3[name]
     # the per-modality modules keep their names, so checkpoints written before load as they are
     keys = set(model.state_dict())
@@ -89,7 +89,7 @@ def test_fused_adam_takes_the_plain_adam_step_and_resumes_from_its_state():
 def test_dreg_gradient_hook_survives_bf16_autocast(smoke_data):
     reg, p, data = smoke_data
     torch.manual_seed(0)
-    model = reg.get_model("mmvae").factory(data.spec, p)
+    model = reg.get_model("mmvae").build(data.spec, p)
     x = {m: v[:4].float() / 255 for m, v in data.splits["train"].data.items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, _ = model.loss(x)

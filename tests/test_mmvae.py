@@ -6,16 +6,13 @@ import math
 
 import torch
 
-from shala_bench.data.polymnist_synth import spec_for
 from shala_bench.distributions import LOG2PI, dreg_surrogate, gaussian_log_prob, log_mean_exp
-from shala_bench.protocol import make_protocol
-from shala_bench.registry import get_registry
+from conftest import build_model
 
 
-def build(name: str = "mmvae", **overrides):
-    reg = get_registry()
-    p = make_protocol(reg.get_dataset("polymnist-synth"), "smoke", overrides)
-    return reg.get_model(name).factory(spec_for(p.n_modalities), p)
+def build(name: str = "mmvae", config: dict | None = None, **overrides):
+    """`overrides`: the recipe's; `config`: the model's own settings (e.g. {"K": 3})."""
+    return build_model(name, overrides, config)
 
 
 def batch(model, B: int = 4) -> dict[str, torch.Tensor]:
@@ -158,7 +155,7 @@ def test_encode_is_the_mean_of_the_mixture():
 
 
 def test_dreg_loss_reaches_encoders_and_decoders_and_logs_the_bound():
-    model = build(iwae_k=3)
+    model = build(config={"K": 3})
     x = batch(model)
     loss, logs = model.loss(x)
     loss.backward()

@@ -7,18 +7,15 @@ import math
 import torch
 from torch.distributions import Laplace
 
-from shala_bench.data.polymnist_synth import spec_for
 from shala_bench.distributions import laplace_log_prob_latent, log_mean_exp
-from shala_bench.protocol import make_protocol
-from shala_bench.registry import get_registry
+from conftest import build_model
 
 W_MARK, Z_MARK, SRC_W = 100.0, 7.0, -50.0
 
 
-def build(**overrides):
-    reg = get_registry()
-    p = make_protocol(reg.get_dataset("polymnist-synth"), "smoke", {"w_dim": 6, **overrides})
-    return reg.get_model("mmvae+").factory(spec_for(p.n_modalities), p)
+def build(config: dict | None = None, **overrides):
+    """`overrides`: the recipe's; `config`: MMVAE+'s own settings (w_dim 6 unless given)."""
+    return build_model("mmvae+", overrides, {"w_dim": 6, **(config or {})})
 
 
 def batch(model, B: int = 4):

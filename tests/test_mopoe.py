@@ -8,16 +8,13 @@ import math
 import torch
 
 from shala_bench.baselines.mopoe import EXACT_MAX_MODALITIES, all_subsets, random_subsets, stratified_pick, subset_poe
-from shala_bench.data.polymnist_synth import spec_for
 from shala_bench.distributions import kl_to_standard_normal, product_of_experts
-from shala_bench.protocol import make_protocol
-from shala_bench.registry import get_registry
+from conftest import build_model
 
 
-def build(n_modalities: int = 3, **overrides):
-    reg = get_registry()
-    p = make_protocol(reg.get_dataset("polymnist-synth"), "smoke", {"n_modalities": n_modalities, **overrides})
-    return reg.get_model("mopoe").factory(spec_for(p.n_modalities), p)
+def build(n_modalities: int = 3, config: dict | None = None, **overrides):
+    """`overrides`: the recipe's; `config`: MoPoE's own settings."""
+    return build_model("mopoe", {"n_modalities": n_modalities, **overrides}, config)
 
 
 def batch(model, B: int = 4):

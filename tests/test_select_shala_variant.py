@@ -41,8 +41,8 @@ def fixture(folder: Path) -> None:
     write(folder, "shala-fused", {"guidance_scale": 3.0}, {M: (0.30, 0.50, 10.0) for M in ALL})  # incumbent's best
     write(folder, "shala-cond", {"guidance_scale": 1.0}, {2: (0.50, 0.47, 11.0), 5: (0.60, 0.48, 11.0), 8: (0.70, 0.46, 12.0)})
     write(folder, "shala-cond", {"guidance_scale": 3.0}, {M: (0.75, 0.30, 11.0) for M in ALL})  # κ guard rail
-    write(folder, "shala-post", {"shala_post_weight": 1.0}, {M: (0.90, 0.50, 10.0) for M in (2, 5)})  # no M = 8
-    write(folder, "shala-post", {"shala_post_weight": 0.2}, {M: (0.65, 0.50, 20.0) for M in ALL})  # FD guard rail
+    write(folder, "shala-post", {"post_weight": 1.0}, {M: (0.90, 0.50, 10.0) for M in (2, 5)})  # no M = 8
+    write(folder, "shala-post", {"post_weight": 0.2}, {M: (0.65, 0.50, 20.0) for M in ALL})  # FD guard rail
     write(folder, "mopoe", {}, {M: (0.99, 0.99, 1.0) for M in ALL})  # not a variant: ignored
     # test-split numbers of a far better variant must not exist here; see the next test
 
@@ -54,15 +54,15 @@ def test_selection_picks_the_known_best_on_a_fixture(tmp_path):
     assert d["score"] == pytest.approx(0.60) and d["incumbent"]["score"] == pytest.approx(0.30)
     reasons = {(c["model"], json.dumps(c["settings"], sort_keys=True)): c["reason"] for c in d["candidates"]}
     assert "joint κ" in reasons[("shala-cond", '{"guidance_scale": 3.0}')]
-    assert "FD" in reasons[("shala-post", '{"shala_post_weight": 0.2}')]
-    assert "M = 8" in reasons[("shala-post", '{"shala_post_weight": 1.0}')]
+    assert "FD" in reasons[("shala-post", '{"post_weight": 0.2}')]
+    assert "M = 8" in reasons[("shala-post", '{"post_weight": 1.0}')]
     assert "**chosen**" in sel.table(d)
     # looser guard rails admit the higher-scoring settings: the rule, not the fixture, decides
     loose = sel.select(sel.read_validation_records(tmp_path), max_kappa_drop=1.0, max_fd_ratio=10.0)
     assert (loose["variant"], loose["settings"]) == ("shala-cond", {"guidance_scale": 3.0})
     # an average over only the Ms asked for
     two = sel.select(sel.read_validation_records(tmp_path), ms=(2, 5))
-    assert (two["variant"], two["settings"]) == ("shala-post", {"shala_post_weight": 1.0})
+    assert (two["variant"], two["settings"]) == ("shala-post", {"post_weight": 1.0})
 
 
 def test_selection_keeps_the_incumbent_on_a_tie_and_refuses_test_records(tmp_path):
@@ -81,12 +81,12 @@ def test_selection_keeps_the_incumbent_on_a_tie_and_refuses_test_records(tmp_pat
 def test_runs_with_other_trained_settings_are_other_candidates(tmp_path):
     fixture(tmp_path)
     write(tmp_path, "shala-cond", {"guidance_scale": 1.0}, {M: (0.70, 0.50, 10.0) for M in ALL},
-          trained={"shala_joint_modality_dropout": 0.5})
+          trained={"modality_dropout": 0.5})
     d = sel.select(sel.read_validation_records(tmp_path))
-    assert (d["variant"], d["trained"], d["settings"]) == ("shala-cond", {"shala_joint_modality_dropout": 0.5},
+    assert (d["variant"], d["trained"], d["settings"]) == ("shala-cond", {"modality_dropout": 0.5},
                                                             {"guidance_scale": 1.0})
     assert d["score"] == pytest.approx(0.70)  # not merged with the default-trained runs' 0.60
-    assert "shala_joint_modality_dropout" in sel.table(d)
+    assert "modality_dropout" in sel.table(d)
 
 
 def test_cli_select_writes_the_decision(tmp_path, capsys):
@@ -101,14 +101,33 @@ def test_evaluate_step_writes_validation_records_per_grid_point(results, tmp_pat
     from shala_bench.launch import run_one
 
     rec = run_one(smoke_spec("shala-cond", results))
-    assert rec.ok
+    other = run_one(smoke_spec("shala-cond", results, overrides={"shala-cond.modality_dropout": "0.5"}))
+    assert rec.ok and other.ok and other.config["modality_dropout"] == 0.5
     out = tmp_path / "val"
     assert sel.main(["evaluate", "--runs", str(results), "--out", str(out), "--grid", "guidance_scale=1,2",
-                     "--grid", "shala_post_weight=0.5"]) == 0  # a key shala-cond does not read is not applied
+                     "--grid", "post_weight=0.5"]) == 0  # a key shala-cond does not read is not applied
     recs = sel.read_validation_records(out)
-    assert sorted(r["settings"]["guidance_scale"] for r in recs) == [1.0, 2.0]
-    assert all(set(r["settings"]) == {"guidance_scale"} and r["trained"] == {} for r in recs)
+    assert sorted(r["settings"]["guidance_scale"] for r in recs) == [1.0, 1.0, 2.0, 2.0]
+    assert all(set(r["settings"]) == {"guidance_scale"} for r in recs)
+    # the trained settings are the recorded config's differences from the resolved defaults
+    assert sorted(json.dumps(r["trained"]) for r in recs) == ['{"modality_dropout": 0.5}'] * 2 + ["{}"] * 2
     n_val = rec.protocol["n_val"]
     for r in recs:  # the validation split stood in for the test split
         assert r["split"] == "val" and r["metrics"]["fd_n"] == n_val < rec.metrics["fd_n"]
         assert sel.SCORE in r["metrics"] and sel.KAPPA in r["metrics"]
+        # the model was built from the run's config with the grid point applied
+        trained = other if r["trained"] else rec
+        assert r["config"] == {**trained.config, "guidance_scale": r["settings"]["guidance_scale"]}
+
+
+def test_grid_keys_are_the_variants_evaluation_settings():
+    from shala_bench.registry import get_registry
+
+    reg = get_registry()
+    for model, reads in sel.READS.items():  # a variant reads only its config's evaluation settings
+        assert reads <= set(reg.get_model(model).config.evaluation_fields()), model
+    assert sel.parse_grid(["post_weight=0.05,1", "post_langevin=0,2", "guidance_scale=3"]) == {
+        "post_weight": [0.05, 1.0], "post_langevin": [0, 2], "guidance_scale": [3.0]}
+    for bad in ("beta=1", "modality_dropout=0.5", "eval_n=10", "shala_post_weight=1", "post_langevin=0.5"):
+        with pytest.raises(sel.SelectionError, match="--grid"):
+            sel.parse_grid([bad])

@@ -23,6 +23,16 @@ def protocol(M: int, **kw):
     return make_protocol(entry, "smoke", {"n_modalities": M, **kw})
 
 
+def config(name: str, p, **kw):
+    """`name`'s own config under recipe `p`, resolved (profile defaults, inherited recipe values) with `kw` set."""
+    return get_registry().get_model(name).resolve(p, kw).config
+
+
+def shala(M: int):
+    p = protocol(M)
+    return ShaLa(spec_for(M), p, config("shala", p))
+
+
 def images(M: int, B: int = 4) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(M)
     return {f"m{i}": torch.rand(B, 3, 28, 28, generator=g) for i in range(M)}
@@ -30,8 +40,8 @@ def images(M: int, B: int = 4) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("M", [3, 10])
 def test_fusion_handles_every_subset(M):
-    p = protocol(M)
-    model = ShaLa(spec_for(M), p).eval()
+    model = shala(M).eval()
+    p = model.protocol
     x = images(M)
     with torch.no_grad():
         h, full = model.embed(x)
@@ -43,7 +53,7 @@ def test_fusion_handles_every_subset(M):
         for r, S in enumerate(subsets):
             mask[r, list(S)] = True
         c, mu, logvar = model.fuse(h[:1].expand(len(subsets), -1, -1), mask)
-        assert c.shape == (len(subsets), p.shala_embed_dim) and mu.shape == logvar.shape == (len(subsets), p.latent_dim)
+        assert c.shape == (len(subsets), model.config.embed_dim) and mu.shape == logvar.shape == (len(subsets), p.latent_dim)
         assert bool(torch.isfinite(c).all() and torch.isfinite(mu).all() and torch.isfinite(logvar).all())
         assert len(torch.unique(mu.round(decimals=5), dim=0)) == len(subsets)  # each subset its own posterior
         # encode from a dict subset sees only that subset: absent modalities do not leak in
@@ -58,15 +68,15 @@ def test_fusion_handles_every_subset(M):
 
 
 def test_fusion_cost_is_linear_in_M():
-    sizes = {M: sum(q.numel() for n, q in ShaLa(spec_for(M), protocol(M)).named_parameters()
+    sizes = {M: sum(q.numel() for n, q in shala(M).named_parameters()
                     if n.startswith(("fusion", "absent"))) for M in (2, 3, 4, 10)}
     per_modality = sizes[3] - sizes[2]
     assert sizes[4] - sizes[3] == per_modality and sizes[10] - sizes[2] == 8 * per_modality
 
 
 def test_modality_dropout_never_drops_everything():
-    M, p = 5, protocol(5, shala_modality_dropout=0.5)
-    model = ShaLaVAE(spec_for(M), p)
+    M, p = 5, protocol(5)
+    model = ShaLaVAE(spec_for(M), p, config("shala-noprior", p, modality_dropout=0.5))
     S = model.modality_dropout(20_000)
     assert bool(S.any(1).all())  # never the empty set
     joint = S.all(1)
@@ -79,8 +89,8 @@ def test_modality_dropout_never_drops_everything():
 
 
 def test_loss_is_the_stage_objective_and_bound_is_finite():
-    M, p = 3, protocol(3)
-    model = ShaLa(spec_for(M), p)
+    M = 3
+    model = shala(M)
     x = images(M, 8)
     vae, logs = model.loss(x, "vae")
     assert vae.dim() == 0 and {"rec", "kl"} <= set(logs)
@@ -96,7 +106,7 @@ def test_loss_is_the_stage_objective_and_bound_is_finite():
 
 def _train(prep, data, run_dir, stop_at_prior_step=None, resume=False):
     torch.manual_seed(0)
-    model = prep.model_entry.factory(data.spec, prep.protocol)
+    model = prep.model_entry.build(data.spec, prep.protocol, prep.config)
     trainer = Trainer(model, prep.protocol, data.splits["train"], run_dir, seed=0, progress=False)
     if stop_at_prior_step is not None:
         loss = model.loss
@@ -135,7 +145,7 @@ def test_prior_stage_resume_matches_uninterrupted_run(results):
 
 def test_noprior_is_stage_one_and_generates_from_the_posterior_mean():
     M = 3
-    model = get_registry().get_model("shala-noprior").factory(spec_for(M), protocol(M)).eval()
+    model = get_registry().get_model("shala-noprior").build(spec_for(M), protocol(M)).eval()
     assert model.stages == ("vae",) and not hasattr(model, "denoiser")
     x = images(M)
     with torch.no_grad():
@@ -151,7 +161,7 @@ def test_noprior_is_stage_one_and_generates_from_the_posterior_mean():
 
 def test_shala_generates_from_the_conditional_diffusion():
     M = 3
-    model = get_registry().get_model("shala").factory(spec_for(M), protocol(M)).eval()
+    model = get_registry().get_model("shala").build(spec_for(M), protocol(M)).eval()
     assert model.stages == ("vae", "prior")
     x = images(M)
     with torch.no_grad():
@@ -163,7 +173,7 @@ def test_shala_generates_from_the_conditional_diffusion():
         torch.manual_seed(1)
         out = model.generate({"m0": x["m0"], "m2": x["m2"]}, ["m1"])
         torch.manual_seed(1)
-        z = model.diffusion.sample(model.denoiser, 4, c, model.protocol.sample_steps, model.protocol.guidance_scale) / 2.0
+        z = model.diffusion.sample(model.denoiser, 4, c, model.config.sample_steps, model.config.guidance_scale) / 2.0
         assert torch.equal(out["m1"], model.decode(z, ["m1"])["m1"])
         assert set(model.sample(5)) == set(model.modalities)
 
@@ -177,12 +187,14 @@ def test_smoke_run_writes_a_record(name, results):
     assert ("train_prior_s" in saved["timings"]) == (name == "shala")
 
 
-@pytest.mark.parametrize("bad", [{"shala_ddim_eta": 1.5}, {"shala_denoiser_width": 0}, {"cond_dropout": 1.0}])
-def test_protocol_rejects_bad_shala_settings(bad):
+@pytest.mark.parametrize("bad", [{"ddim_eta": 1.5}, {"denoiser_width": 0}, {"cond_dropout": 1.0}])
+def test_config_rejects_bad_shala_settings(bad):
+    import re
+
     from shala_bench.errors import ProtocolError
 
-    with pytest.raises(ProtocolError, match=next(iter(bad))):
-        protocol(3, **bad)
+    with pytest.raises(ProtocolError, match=re.escape(f"shala.{next(iter(bad))} must be")):
+        config("shala", protocol(3), **bad)
 
 
 def test_ablation_trains_the_same_stage_one(results):

@@ -10,11 +10,16 @@ from conftest import smoke_spec
 from shala_bench.data.polymnist_synth import spec_for
 from shala_bench.launch import prepare
 from shala_bench.plugins.latent_diffusion import GaussianDiffusion
-from shala_bench.plugins.shala import ShaLaCond, ShaLaPost
-from shala_bench.protocol import EVALUATION_FIELDS
+from shala_bench.plugins.shala import ShaLaConfig, ShaLaCond, ShaLaPost, ShaLaPostConfig
 from shala_bench.registry import get_registry
 from shala_bench.trainer import Trainer
-from test_shala import images, protocol
+from test_shala import config, images, protocol
+
+
+def build(cls, name: str, M: int, **kw):
+    """`cls` (the class registered as `name`) with its config resolved under the smoke recipe, `kw` set."""
+    p = protocol(M)
+    return cls(spec_for(M), p, config(name, p, **kw))
 
 # ---------------------------------------------------------------- a 2-D Gaussian toy with a known posterior
 # prior z ~ N(m, Σ) (correlated), observation y = z_1 + N(0, σ_y²): the posterior is Gaussian in closed form.
@@ -99,7 +104,7 @@ def test_dps_alone_is_pulled_to_the_observation_but_biased():
 def test_cond_encoder_gets_gradients_in_stage_two_and_stage_one_does_not():
     M = 3
     torch.manual_seed(0)
-    model = ShaLaCond(spec_for(M), protocol(M, cond_dropout=0.0))
+    model = build(ShaLaCond, "shala-cond", M, cond_dropout=0.0)
     torch.nn.init.normal_(model.denoiser.out[-1].weight, std=0.1)  # as after a first step (it starts at 0)
     x = images(M, 32)
     model.begin_stage("prior")
@@ -113,7 +118,7 @@ def test_cond_encoder_gets_gradients_in_stage_two_and_stage_one_does_not():
         elif not name.startswith("denoiser."):
             assert q.grad is None and not q.requires_grad, name  # frozen stage 1: no gradient at all
     # even without begin_stage's freezing, the stage-1 networks are outside the prior loss's graph
-    fresh = ShaLaCond(spec_for(M), protocol(M))
+    fresh = build(ShaLaCond, "shala-cond", M)
     fresh.loss(x, "prior")[0].backward()
     assert all(q.grad is None for q in fresh.stage_one_parameters())
 
@@ -121,7 +126,7 @@ def test_cond_encoder_gets_gradients_in_stage_two_and_stage_one_does_not():
 def test_cond_condition_sees_only_the_observed_modalities():
     M = 3
     torch.manual_seed(0)
-    model = ShaLaCond(spec_for(M), protocol(M)).eval()
+    model = build(ShaLaCond, "shala-cond", M).eval()
     torch.nn.init.normal_(model.cond_encoder.absent)
     x, other = images(M), images(M + 7)
     with torch.no_grad():
@@ -135,13 +140,20 @@ def test_cond_condition_sees_only_the_observed_modalities():
         assert not torch.allclose(c, model.condition(h, torch.ones(4, M, dtype=torch.bool), feats))
 
 
-@pytest.mark.parametrize("cls", [ShaLaCond, ShaLaPost])
-def test_joint_variants_train_stage_one_without_modality_dropout(cls):
-    model = cls(spec_for(5), protocol(5, shala_modality_dropout=0.5))
-    assert bool(model.modality_dropout(1000).all())
+@pytest.mark.parametrize("cls, name", [(ShaLaCond, "shala-cond"), (ShaLaPost, "shala-post")])
+def test_joint_variants_train_stage_one_without_modality_dropout(cls, name):
+    from shala_bench.launch import RunSpec, resolve
+
+    assert ShaLaConfig().modality_dropout == 0.5  # shala-fused's stage 1 drops modalities ...
+    model = build(cls, name, 5)
+    assert bool(model.modality_dropout(1000).all())  # ... theirs does not
     assert model.stages == ("vae", "prior")
+    # shala-fused's setting is not theirs (a sweep's overrides of another model's namespace are ignored)
+    spec = RunSpec(name, profile="smoke", overrides=(("shala-fused.modality_dropout", "0.5"),
+                                                     ("shala.modality_dropout", "0.5")))
+    assert resolve(spec)[3].config.modality_dropout == 0.0
     # unless their own setting turns shala-fused's dropout on
-    S = cls(spec_for(5), protocol(5, shala_joint_modality_dropout=0.5)).modality_dropout(20_000)
+    S = build(cls, name, 5, modality_dropout=0.5).modality_dropout(20_000)
     assert bool(S.any(1).all()) and abs(float(S.all(1).float().mean()) - 0.5) < 0.02
 
 
@@ -153,7 +165,7 @@ def test_cond_and_post_share_one_stage_one(results):
         prep = prepare(smoke_spec(name, results))
         data = prep.dataset_entry.loader(prep.protocol, None)
         torch.manual_seed(0)
-        model = prep.model_entry.factory(data.spec, prep.protocol)
+        model = prep.model_entry.build(data.spec, prep.protocol, prep.config)
         model.stages = ("vae",)  # stage 1 is what is compared
         Trainer(model, prep.protocol, data.splits["train"], results / name, seed=0, progress=False).fit()
         trained[name] = model
@@ -166,7 +178,7 @@ def test_cond_and_post_share_one_stage_one(results):
 def test_post_generates_by_posterior_sampling_with_its_evaluation_settings():
     M = 3
     torch.manual_seed(0)
-    model = ShaLaPost(spec_for(M), protocol(M, shala_post_steps=3, shala_post_langevin=1, shala_post_weight=0.5)).eval()
+    model = build(ShaLaPost, "shala-post", M, post_steps=3, post_langevin=1, post_weight=0.5).eval()
     assert model.denoiser.cond is None  # an unconditional prior
     x = images(M)
     calls = []
@@ -186,10 +198,12 @@ def test_post_generates_by_posterior_sampling_with_its_evaluation_settings():
 def test_post_sampler_settings_are_evaluation_settings_and_validated():
     from shala_bench.errors import ProtocolError
 
-    assert {"shala_post_weight", "shala_post_steps", "shala_post_langevin", "shala_post_snr", "guidance_scale"} <= set(EVALUATION_FIELDS)
-    for bad in ({"shala_post_weight": -1.0}, {"shala_post_steps": 0}, {"shala_post_langevin": -1}, {"shala_post_snr": 0.0}):
-        with pytest.raises(ProtocolError, match="shala_post"):
-            protocol(3, **bad)
+    evaluation = set(get_registry().get_model("shala-post").config.evaluation_fields())
+    assert evaluation == set(ShaLaPostConfig.evaluation_fields())
+    assert {"post_weight", "post_steps", "post_langevin", "post_snr", "guidance_scale"} <= evaluation
+    for bad in ({"post_weight": -1.0}, {"post_steps": 0}, {"post_langevin": -1}, {"post_snr": 0.0}):
+        with pytest.raises(ProtocolError, match=f"shala-post.{next(iter(bad))} must be"):
+            config("shala-post", protocol(3), **bad)
 
 
 def test_shala_is_registered_as_the_fused_design_until_selection():

@@ -55,7 +55,13 @@ def test_grid_expands_models_by_modalities_by_seeds_into_cells_with_their_protoc
     specs = [m.spec(i) for i in range(len(m.cells))]
     assert all(s.resume and not s.progress and s.profile == "smoke" for s in specs)
     assert [dict(s.overrides)["n_modalities"] for s in specs[:6]] == [2, 2, 2, 5, 5, 5]
-    assert m.run_dir(4) == tmp_path / "runs" / "polymnist-synth" / "mvae" / f"seed1-M5-{m.cells[4]['protocol_hash'][:12]}"
+    # run id: seed, M, recipe hash, and the hash of the model's own config (mvae's defaults under that recipe)
+    from shala_bench.launch import resolve
+
+    recipe, entry, _, cfg = resolve(specs[4])
+    assert recipe.hash == m.cells[4]["protocol_hash"] and cfg.config == entry.resolve(recipe).config
+    assert m.run_dir(4) == tmp_path / "runs" / "polymnist-synth" / "mvae" / (
+        f"seed1-M5-{m.cells[4]['protocol_hash'][:12]}-{cfg.config.hash[:8]}")
     saved = json.loads(m.path.read_text())  # the manifest beside the records
     assert m.path == tmp_path / "runs" / "sweeps" / "g" / "manifest.json"
     assert saved["grid"]["models"] == ["mvae", "mopoe"] and saved["log_folder"] == str(m.log_folder)
