@@ -751,6 +751,29 @@ def selection_of(p: dict, fr: pd.DataFrame) -> str:
     return "; ".join(f"`{s}`" for s in said) if said else "(not recorded)"
 
 
+def departures_line(p: dict) -> str:
+    """Every way a non-`paper` recipe departs from its dataset's `paper` profile (the field's recipe), or ""
+    (a `paper` family, a protocol-v1 recipe, or a dataset this installation does not register)."""
+    if p.get("profile") == "paper" or p.get("protocol_version", 1) < 2:
+        return ""
+    from shala_bench.errors import ShalaBenchError
+    from shala_bench.protocol import make_protocol
+    from shala_bench.registry import get_registry
+
+    try:
+        ds = get_registry().get_dataset(p["dataset"])
+        paper = make_protocol(ds, "paper").to_dict()
+    except (ShalaBenchError, KeyError):
+        return ""
+    skip = {"profile", "n_modalities", "dataset"}
+    diffs = [f"{k} {json.dumps(p[k])} (paper {json.dumps(paper[k])})" for k in sorted(paper)
+             if k not in skip and k in p and p[k] != paper[k]]
+    if not diffs:
+        return ""
+    return (f"Departures of this `{p.get('profile')}` recipe from the `paper` profile (the field's recipe for "
+            "GPUs; each model's own settings are in the model-config table below): " + "; ".join(diffs) + ".")
+
+
 def policy_line(p: dict, fr: pd.DataFrame) -> str:
     """The recipe's budget policy (protocol v2), or "" for a recipe without one."""
     if not any(k in p for k in POLICY_KEYS):
@@ -994,9 +1017,9 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
     profile, version = fam.frame["profile"].iloc[0], int(fam.frame["protocol_version"].iloc[0])
     versions = fam.frame["metric_versions"].iloc[0] if "metric_versions" in fam.frame else ""
     models = sorted(fam.frame["entry"].unique())
-    compute, policy = compute_line(fam.frame), policy_line(p, fam.frame)
+    compute, policy, departs = compute_line(fam.frame), policy_line(p, fam.frame), departures_line(p)
     lines = [f"## Profile `{profile}`, protocol v{version}, family `{short}`", "", budget_line(p), "",
-             *([policy, ""] if policy else []),
+             *([policy, ""] if policy else []), *([departs, ""] if departs else []),
              f"Metric versions: {versions} (every other metric v1)." if versions else
              "Metric versions: every metric v1.", "",
              *([compute, ""] if compute else []),

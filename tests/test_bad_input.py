@@ -35,7 +35,7 @@ SMOKE = ["run", "--model", "mvae", "--profile", "smoke", "--no-progress"]
     (["--model", "mopoe", "--set", "mopoe.bta=2"], "unknown setting mopoe.bta"),
     (["--set", "mopoe.beta=2"], "'mopoe' is another model's or dataset's settings"),
     (["--set", "prior_steps=0"], "not a shared recipe setting since protocol v2; it is the plugin's own setting "
-                                 "shala.prior_steps"),
+                                 "shala.prior_max_samples"),
     (["--seed", "-1"], "--seed -1: a training seed must be >= 0"),
     (["--threads", "0"], "--threads 0: must be >= 1"),
 ])

@@ -257,3 +257,16 @@ def test_collect_copies_the_curves_beside_each_record(tmp_path, capsys):
     assert len(copied) == 4 and all((recs / c).read_bytes() == (runs / c).read_bytes() for c in copied)
     assert "collected 4 record(s)" in capsys.readouterr().out
     assert list((tmp_path / "lb" / "plots" / "toy").glob("*-vs-samples-M2.png"))
+
+
+def test_a_quick_recipe_lists_every_departure_from_the_paper_profile():
+    from shala_bench.protocol import make_protocol
+    from shala_bench.registry import get_registry
+
+    ds = get_registry().get_dataset("polymnist-synth")
+    quick, paper = make_protocol(ds, "quick").to_dict(), make_protocol(ds, "paper").to_dict()
+    line = lb.departures_line(quick)
+    for k in ("n_train", "lr", "max_train_samples", "eval_n"):
+        assert f"{k} {quick[k]} (paper {paper[k]})" in line
+    assert "batch_size" not in line and "likelihood_scale" not in line  # the field's, as in paper
+    assert lb.departures_line(paper) == "" and lb.departures_line({**quick, "protocol_version": 1}) == ""
