@@ -100,7 +100,7 @@ def test_eval_changes_a_models_own_evaluation_setting_without_retraining(results
     new = read_record(new_path)
     assert new.ok and new.config == {**rec.config, "post_weight": 0.1} and new.protocol_hash == rec.protocol_hash
     assert new.config_hash != rec.config_hash and new.run_id == f"seed0-M3-{rec.protocol_hash[:12]}-{new.config_hash[:8]}"
-    assert (new_path.parent / new.checkpoint).resolve() == (folder / "checkpoint.pt").resolve()
+    assert (new_path.parent / new.checkpoint).resolve() == (folder / rec.checkpoint).resolve()  # the best.pt it trained
 
 
 def test_eval_of_a_folder_without_a_record_is_one_line_error(tmp_path, capsys):

@@ -122,14 +122,17 @@ def test_stage_budgets_come_from_the_model():
     from shala_bench.registry import get_registry
     from test_shala import protocol
 
-    p = protocol(3, max_train_samples=640, prior_max_samples=320, lr=2e-3, prior_lr=5e-4)
+    p = protocol(3, max_train_samples=640, lr=2e-3)
     reg = get_registry()
     for name in ("shala", "shala-cond", "shala-post"):
-        model = reg.get_model(name).factory(spec_for(3), p)
+        entry = reg.get_model(name)
+        model = entry.build(spec_for(3), p, entry.resolve(p, {"prior_max_samples": 320, "prior_lr": 5e-4}).config)
         assert model.stage_budget("vae") == StageBudget(640, 2e-3, "loss")  # no prior to generate with yet
         assert model.stage_budget("prior") == StageBudget(320, 5e-4, "dataset")
-    assert reg.get_model("shala-noprior").factory(spec_for(3), p).stage_budget("vae") == StageBudget(640, 2e-3)
-    mvae = reg.get_model("mvae").factory(spec_for(3), p)
+        inherited = entry.build(spec_for(3), p)  # the prior's cap and rate default to the recipe's
+        assert inherited.stage_budget("prior") == StageBudget(640, 2e-3, "dataset")
+    assert reg.get_model("shala-noprior").build(spec_for(3), p).stage_budget("vae") == StageBudget(640, 2e-3)
+    mvae = reg.get_model("mvae").build(spec_for(3), p)
     assert mvae.stage_budget("vae") == StageBudget(640, 2e-3, "dataset")
     with pytest.raises(ProtocolError, match="declares no budget for its stage 'prior'"):
         MultimodalVAE.stage_budget(mvae, "prior")

@@ -18,8 +18,9 @@ SPEC = DatasetSpec("toy", (ModalitySpec("a", "skeleton", (4,), "gaussian"),
 class Toy(MultimodalVAE):
     """A linear autoencoder over both modalities with a noisy latent (so training draws from the RNG)."""
 
-    def __init__(self, spec=SPEC, protocol=None, stages=("vae",)):
+    def __init__(self, spec=SPEC, protocol=None, stages=("vae",), prior_max_samples=80, prior_lr=1e-3):
         super().__init__(spec, protocol)
+        self.prior_budget = StageBudget(prior_max_samples, prior_lr)  # a model's own setting, as in its config
         self.stages = stages
         self.enc, self.dec = nn.Linear(8, 2), nn.Linear(2, 8)
         self.head = nn.Linear(2, 8)  # the "prior" stage's network
@@ -40,13 +41,12 @@ class Toy(MultimodalVAE):
         return list(self.head.parameters()) if stage == "prior" else list(self.enc.parameters()) + list(self.dec.parameters())
 
     def stage_budget(self, stage):
-        p = self.protocol
-        return StageBudget(p.prior_max_samples, p.prior_lr) if stage == "prior" else super().stage_budget(stage)
+        return self.prior_budget if stage == "prior" else super().stage_budget(stage)
 
 
 def toy_protocol(**kw) -> Protocol:
     base = dict(dataset="toy", profile="smoke", n_train=64, n_val=16, batch_size=8, max_train_samples=160,
-                prior_max_samples=80, eval_every=16, checkpoint_every=5, log_every=2, patience=0, val_n=16)
+                eval_every=16, checkpoint_every=5, log_every=2, patience=0, val_n=16)
     return Protocol(**{**base, **kw})
 
 
