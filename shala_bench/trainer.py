@@ -438,7 +438,14 @@ class Trainer:
         else:
             e["since_best"] += 1
         self._call("on_eval", {"stage": stage, "step": self.state.step, "samples": self.samples_seen, **vals})
-        return p.patience > 0 and e["since_best"] >= p.patience
+        return p.patience > 0 and e["since_best"] >= p.patience and not self._at_chance(selection)
+
+    def _at_chance(self, selection: str) -> bool:
+        """Whether the stage's best validation value has not left chance (validation.CHANCE_MARGIN): then a
+        plateau neither stops the stage nor makes it converged."""
+        floor = getattr(self.validator, "floor", lambda s: None)(selection)
+        best = self.state.early.get("best")
+        return floor is not None and best is not None and best <= floor
 
     def _finish_stage(self, stage: str, budget, metric: str | None, plateau: bool, validating: bool,
                       flops_per_step: float) -> dict:
@@ -451,7 +458,8 @@ class Trainer:
                                       f"not the best {stage} step {e['best_step']}. {RESTART_HINT}")
             self.model.load_state_dict(ck["model"])
         patience = self.protocol.patience
-        converged = None if not validating or patience == 0 else bool(plateau or e["since_best"] >= patience)
+        converged = None if not validating or patience == 0 else (
+            bool(plateau or e["since_best"] >= patience) and not self._at_chance(budget.selection))
         summary = {
             "converged": converged,
             "best_step": e["best_step"] if validating and e.get("best_step") is not None else steps_done,

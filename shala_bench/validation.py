@@ -28,6 +28,11 @@ from shala_bench.protocol import Protocol
 
 VAL_SEED_OFFSET = 20_000  # validation noise is seeded apart from training (+0) and evaluation (+10,000) noise
 BATCH = 500
+# A stage selected on coherence is not called converged, nor stopped on a plateau, while its best validation
+# value is within this much of chance (1/C for balanced accuracy): a plateau at chance is a model that has not
+# started to learn the shared content (the "average image" phase), not a result. 0.05 is ~6 standard errors of
+# a balanced accuracy of 250 tuples x 5 sources at p = 0.1.
+CHANCE_MARGIN = 0.05
 
 
 def selection_metric(stage_selection: str, dataset_selection: str, n_modalities: int) -> str:
@@ -56,6 +61,12 @@ class Validator:
 
     def metric(self, stage_selection: str) -> str:
         return selection_metric(stage_selection, self.dataset_selection, len(self.data.spec.modalities))
+
+    def floor(self, stage_selection: str) -> float | None:
+        """The selection value a plateau must rise above to count (chance + CHANCE_MARGIN), or None (a bound)."""
+        if self.metric(stage_selection) == "val_coherence_cond_bal_k1":
+            return 1.0 / self.data.spec.n_classes + CHANCE_MARGIN
+        return None
 
     def classifiers(self) -> dict:
         """{modality: (classifier, test accuracy)}: trained once and cached (a forked RNG; see get_classifiers)."""

@@ -44,6 +44,23 @@ def test_converged_is_false_when_the_budget_ends_while_still_improving_and_null_
     assert (s["stop_reason"], s["converged"], s["best_step"], s["evaluations"]) == ("budget", None, 2, 10)
 
 
+def test_a_plateau_at_chance_neither_stops_a_stage_nor_counts_as_converged(tmp_path):
+    class AtChance(Scripted):
+        def floor(self, selection):  # as Validator.floor for a coherence selection: chance 0.1 + the margin
+            return 0.15
+
+    # flat at chance: trains to the budget, unconverged (without the floor it would stop after 4 evaluations)
+    scripted = AtChance([0.1] * 10)
+    _, tr = train(tmp_path / "a", toy_protocol(patience=3), scripted)
+    s = tr.state.summaries["vae"]
+    assert scripted.calls == 10 and (s["stop_reason"], s["converged"]) == ("budget", False)
+    # once it has left chance, a plateau stops it as before
+    scripted = AtChance([0.1, 0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    _, tr = train(tmp_path / "b", toy_protocol(patience=3), scripted)
+    s = tr.state.summaries["vae"]
+    assert scripted.calls == 8 and (s["stop_reason"], s["converged"], s["best_step"]) == ("plateau", True, 10)
+
+
 def test_the_best_weights_are_restored_and_kept_in_best_pt(tmp_path):
     snapshots = {}
 
