@@ -7,7 +7,8 @@ Paper: M. Bounoua, G. Franzese, P. Michiardi, "Multi-Modal Latent Diffusion", En
 src/models/MLD.py (`compute_loss`, `preprocess`/`standerdize`, `conditional_gen_*`, `sample`),
 src/components/mm_sde.py (`VP_SDE.train_step`, `do_reverse_diffusion`, `mod_repaint`, `joint_gen`),
 src/components/mlp_unet.py (`UnetMLP`: the score network, time input (B, M)), src/unimodal/BaseAE.py
-(stage 1), experiments/mmnist/mmnist_ae.py and mmnist_mld.py (the PolyMNIST recipe).
+(stage 1), src/eval/representation.py (the latent probe: `conditional_gen_latent_subsets`),
+experiments/mmnist/mmnist_ae.py and mmnist_mld.py (the PolyMNIST recipe).
 Notation: M modalities, codes z^m = e_m(x^m) of size D, Z = [z̄^1, …, z̄^M] (M·D numbers) with
 z̄^m = (z^m − μ_m) / s_m standardised per dimension; A ⊆ {1..M} the modalities being generated
 (diffused), C = {1..M} \\ A the conditioning ones; the multi-time vector τ(A, t)_m = t·1[m ∈ A] and the
@@ -24,7 +25,8 @@ from the first prior batch (as `compute_loss` does at global_step 0, `preprocess
 `preprocess_op="standerdize"`) and kept in the checkpoint. Multi-time masked training (mm_sde.py
 `train_step`): per sample, with probability cond_prob a random proper non-empty subset C is kept
 CLEAN (τ_m = 0, z_t^m = z̄^m, no loss), A = the rest; otherwise A = all modalities (the unconditional
-score). With t ~ U{1..T} shared by the modalities of A:
+score). C is uniform over the 2^M − 2 proper non-empty subsets (the reference draws
+`random.randint(0, len − 2)` from src/utils.py `set_subset`'s powerset, whose last entry is the full set). With t ~ U{1..T} shared by the modalities of A:
     Z_t = m(A) ⊙ (sqrt(ᾱ_t) Z + sqrt(1 − ᾱ_t) ε) + (1 − m(A)) ⊙ Z,
     L_2 = E || m(A) ⊙ (f_θ(Z_t, τ(A, t)) − target) ||² / |m(A)|,
 target = v (default; see Known differences) or ε. The mean over the diffused dimensions is the
@@ -64,6 +66,8 @@ Known differences from the reference code, and why:
 - Score network: a residual MLP (latent_diffusion.Block) with a sinusoidal embedding per modality's
   time τ_m, concatenated, not the UnetMLP (which feeds the raw (B, M) times to a Linear); no EMA of
   the weights; no attention.
+- The harness encoder's log-variance head is kept (computed, unused, counted in n_params) so the
+  backbones stay the shared ones.
 - Standardisation statistics from the first prior batch of the harness's batch size (the reference's
   batch 256 as well).
 """
