@@ -46,3 +46,13 @@ def shala_bench_register_metrics():
     ``version`` goes into the record, and records of different versions are never
     ranked together.
     """
+
+
+# ---------------------------------------------------------------- availability
+@hookspec
+def shala_bench_unavailable():
+    """Called by ``shala-bench list``.
+
+    Return one line saying what the plugin did not register and why (e.g. an optional dependency
+    that is not installed, and how to install it), or None when it registered everything it offers.
+    """

@@ -161,6 +161,18 @@ class Registry:
     def metrics(self) -> dict[str, Registered]:
         return self._collect("shala_bench_register_metrics")
 
+    def unavailable(self) -> list[tuple[str, str]]:
+        """(plugin, its one line) for each plugin that says it registered less than it offers
+        (`shala_bench_unavailable`), e.g. for want of an optional dependency."""
+        sources = {id(p): f"{d.project_name} {d.version}" for p, d in self.pm.list_plugin_distinfo()}
+        out = []
+        for impl in self.pm.hook.shala_bench_unavailable.get_hookimpls():
+            line = impl.function()
+            if line:
+                src = sources.get(id(impl.plugin), "local")
+                out.append((f"{impl.plugin_name} ({src})", str(line).strip().splitlines()[0]))
+        return sorted(out)
+
     @staticmethod
     def _get(table: dict, kind: str, name: str):
         if name not in table:

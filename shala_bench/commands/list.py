@@ -21,6 +21,8 @@ def cmd_list(args) -> int:
         print(tabulate(rows, headers=["name", "from", "description"], tablefmt="simple", maxcolwidths=[None, None, 90])
               if rows else "  (none)")
         print()
+    for plugin, why in reg.unavailable():
+        print(f"not available: {plugin}: {why}")
     return 0
 
 def add_parser(sub) -> None:
