@@ -42,7 +42,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registered model name (see `shala-bench list models`)")
     p.add_argument("--dataset", default="polymnist-synth", help="registered dataset (default: %(default)s)")
     p.add_argument("--profile", default="quick",
-                   help="protocol profile: smoke (seconds, tests), quick (minutes on a CPU), paper (published recipe)"
+                   help="recipe profile: smoke (seconds, tests), quick (a CPU recipe chosen by a measured study, trained to "
+                        "a validation plateau within max_train_samples; `shala-bench config` prints it), paper (the "
+                        "field's recipe and published budgets, for GPUs)"
                         " (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
