@@ -27,6 +27,16 @@ import torch
 from torch import Tensor, nn
 
 
+def check_sampler(config) -> None:
+    """ProtocolError unless a config's DDIM `sample_steps` fit its schedule's `diffusion_T` (a plugin's
+    Config.validate calls this: ShaLa's and MLD's priors share the schedule and the sampler)."""
+    from shala_bench.errors import ProtocolError
+
+    if config.sample_steps > config.diffusion_T:
+        raise ProtocolError(f"{config.namespace_hint()}sample_steps={config.sample_steps} must be <= "
+                            f"diffusion_T={config.diffusion_T}")
+
+
 def linear_betas(T: int) -> Tensor:
     """β_1..β_T of Ho et al. (1e-4 .. 0.02 at T = 1000), rescaled by 1000 / T as in Nichol & Dhariwal,
     so that ᾱ_T ≈ 4e-5 (z_T ≈ pure noise) for any number of steps T."""

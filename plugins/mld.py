@@ -84,7 +84,7 @@ from shala_bench.config import Config, ge, gt, inherit, one_of, setting, unit
 from shala_bench.contract import MultimodalVAE, StageBudget
 from shala_bench.errors import ProtocolError
 from shala_bench.hookspecs import hookimpl
-from shala_bench.plugins.latent_diffusion import Block, GaussianDiffusion, timestep_embedding
+from shala_bench.plugins.latent_diffusion import Block, GaussianDiffusion, check_sampler, timestep_embedding
 from shala_bench.registry import ModelEntry
 
 
@@ -108,9 +108,7 @@ class MLDConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        if self.sample_steps > self.diffusion_T:
-            raise ProtocolError(f"{self.namespace_hint()}sample_steps={self.sample_steps} must be <= "
-                                f"diffusion_T={self.diffusion_T}")
+        check_sampler(self)
 
 
 SMOKE = {"diffusion_T": 50, "sample_steps": 5, "denoiser_width": 64, "denoiser_depth": 1}

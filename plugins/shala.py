@@ -26,7 +26,7 @@ from shala_bench.contract import MultimodalVAE, StageBudget
 from shala_bench.errors import ProtocolError
 from shala_bench.distributions import kl_to_standard_normal, reparameterize
 from shala_bench.hookspecs import hookimpl
-from shala_bench.plugins.latent_diffusion import Denoiser, GaussianDiffusion
+from shala_bench.plugins.latent_diffusion import Denoiser, GaussianDiffusion, check_sampler
 from shala_bench.registry import ModelEntry
 
 
@@ -64,9 +64,7 @@ class ShaLaPriorConfig(ShaLaConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.sample_steps > self.diffusion_T:
-            raise ProtocolError(f"{self.namespace_hint()}sample_steps={self.sample_steps} must be <= "
-                                f"diffusion_T={self.diffusion_T}")
+        check_sampler(self)
 
 
 @dataclass(frozen=True)
