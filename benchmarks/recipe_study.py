@@ -126,7 +126,8 @@ def report() -> None:
              "model scores high). *left chance*: samples at the first checkpoint with val k=1 > "
              f"{2 * CHANCE}; *plateau*: samples at the first checkpoint after which val k=1 never gains more "
              "than 0.02 (— : still rising at the last checkpoint). CPU s: the training process's CPU seconds "
-             "(evaluation excluded). `(running)`: a point still being measured.", "",
+             "(evaluation excluded). `(unfinished)`: a point stopped or still running (its `.jsonl.part`; "
+             "`run` redoes it from the start).", "",
              "| point | model | data | batch | lr | samples | val k=1 | val k=4 | joint | left chance | plateau | "
              "CPU s | samples/CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     series = {}
@@ -140,7 +141,7 @@ def report() -> None:
         last = rows[-1]
         left = next((r["samples"] for r in rows if r["k1"] > 2 * CHANCE), None)
         plateau = None if running else _plateau(rows)
-        label = point.name + (" (running)" if running else "")
+        label = point.name + (" (unfinished)" if running else "")
         lines.append(f"| {label} | {p.model} | v{p.synth_version} | {p.batch_size} | {p.lr:g} | {last['samples']:,} | "
                      f"{last['k1']:.3f} | {last['k4']:.3f} | {last['joint']:.3f} | "
                      f"{'—' if left is None else f'{left:,}'} | {'—' if plateau is None else f'{plateau:,}'} | "
