@@ -125,7 +125,8 @@ def report() -> None:
              f"harness's classifiers on the generated modalities, mean over subsets of size k; chance {CHANCE}); "
              "joint: the raw agreement of the classifiers over joint samples (not chance-corrected: a collapsed "
              "model scores high). *left chance*: samples at the first checkpoint with val k=1 > "
-             f"{2 * CHANCE}; *plateau*: samples at the first checkpoint past chance after which val k=1 never gains more "
+             f"{2 * CHANCE}; *plateau*: samples at the first checkpoint past chance after which val k=1 "
+             "never gains more "
              "than 0.02 (— : still rising at the last checkpoint). CPU s: the training process's CPU seconds "
              "(evaluation excluded). `(unfinished)`: a point stopped or still running (its `.jsonl.part`; "
              "`run` redoes it from the start).", "",
