@@ -109,9 +109,10 @@ def run(points: list[Point]) -> None:
 
 
 def _plateau(rows: list[dict], tol: float = 0.02) -> int | None:
-    """Samples at the first checkpoint after which val k=1 coherence never gains more than `tol`."""
+    """Samples at the first checkpoint above chance after which val k=1 coherence never gains more than
+    `tol` (a curve flat at chance has not plateaued: it has not started)."""
     for i, r in enumerate(rows):
-        if all(later["k1"] <= r["k1"] + tol for later in rows[i + 1:]) and i < len(rows) - 1:
+        if r["k1"] > 2 * CHANCE and all(later["k1"] <= r["k1"] + tol for later in rows[i + 1:]) and i < len(rows) - 1:
             return r["samples"]
     return None
 
@@ -124,9 +125,11 @@ def report() -> None:
              f"harness's classifiers on the generated modalities, mean over subsets of size k; chance {CHANCE}); "
              "joint: the raw agreement of the classifiers over joint samples (not chance-corrected: a collapsed "
              "model scores high). *left chance*: samples at the first checkpoint with val k=1 > "
-             f"{2 * CHANCE}; *plateau*: samples at the first checkpoint after which val k=1 never gains more "
+             f"{2 * CHANCE}; *plateau*: samples at the first checkpoint past chance after which val k=1 "
+             "never gains more "
              "than 0.02 (— : still rising at the last checkpoint). CPU s: the training process's CPU seconds "
-             "(evaluation excluded). `(running)`: a point still being measured.", "",
+             "(evaluation excluded). `(unfinished)`: a point stopped or still running (its `.jsonl.part`; "
+             "`run` redoes it from the start).", "",
              "| point | model | data | batch | lr | samples | val k=1 | val k=4 | joint | left chance | plateau | "
              "CPU s | samples/CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     series = {}
@@ -140,7 +143,7 @@ def report() -> None:
         last = rows[-1]
         left = next((r["samples"] for r in rows if r["k1"] > 2 * CHANCE), None)
         plateau = None if running else _plateau(rows)
-        label = point.name + (" (running)" if running else "")
+        label = point.name + (" (unfinished)" if running else "")
         lines.append(f"| {label} | {p.model} | v{p.synth_version} | {p.batch_size} | {p.lr:g} | {last['samples']:,} | "
                      f"{last['k1']:.3f} | {last['k4']:.3f} | {last['joint']:.3f} | "
                      f"{'—' if left is None else f'{left:,}'} | {'—' if plateau is None else f'{plateau:,}'} | "
