@@ -1,7 +1,9 @@
 import hashlib
 import json
+import shutil
 
 import pytest
+import torch
 
 from conftest import smoke_spec
 from shala_bench import trainer
@@ -14,10 +16,20 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def finished(results):
-    rec = run_one(smoke_spec("mvae", results))
+@pytest.fixture(scope="module")
+def _trained(tmp_path_factory):
+    """One finished mvae smoke run, trained once for this module (the tests change their own copies)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("trained") / "runs"
+    rec = run_one(smoke_spec("mvae", root))
     assert rec.ok
+    return rec, root
+
+
+@pytest.fixture
+def finished(_trained, results):
+    rec, root = _trained
+    shutil.copytree(root, results)  # a fresh copy of the run folder per test
     return rec, results / "polymnist-synth" / "mvae" / rec.run_id
 
 
@@ -112,8 +124,6 @@ def test_eval_of_a_folder_without_a_record_is_one_line_error(tmp_path, capsys):
 def test_eval_of_an_unfinished_checkpoint_is_refused(finished, capsys):
     rec, folder = finished
     blob = json.loads((folder / "record.json").read_text())
-    import torch
-
     ck = torch.load(folder / "best.pt", weights_only=True)
     ck["state"]["completed"] = []
     torch.save(ck, folder / "best.pt")
