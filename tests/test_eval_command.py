@@ -1,11 +1,10 @@
 import hashlib
 import json
-import shutil
 
 import pytest
 import torch
 
-from conftest import smoke_spec
+from conftest import copy_runs, smoke_spec
 from shala_bench import trainer
 from shala_bench.cli import main
 from shala_bench.launch import run_one
@@ -16,21 +15,14 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def _trained(tmp_path_factory):
-    """One finished mvae smoke run, trained once for this module (the tests change their own copies)."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("trained") / "runs"
-    rec = run_one(smoke_spec("mvae", root))
-    assert rec.ok
-    return rec, root
-
-
 @pytest.fixture
-def finished(_trained, results):
-    rec, root = _trained
-    shutil.copytree(root, results)  # a fresh copy of the run folder per test
-    return rec, results / "polymnist-synth" / "mvae" / rec.run_id
+def finished(mvae_smoke, results):
+    """A finished mvae smoke run (seed 0): a fresh copy per test of the session's shared run."""
+    copy_runs(mvae_smoke(0)[0], results, seeds=(0,))
+    (path,) = results.rglob("record.json")
+    rec = read_record(path)
+    assert rec.ok and path.parent == results / "polymnist-synth" / "mvae" / rec.run_id
+    return rec, path.parent
 
 
 @pytest.fixture
