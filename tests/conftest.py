@@ -47,3 +47,44 @@ def build_model(name: str, overrides: dict | None = None, config: dict | None = 
     p = make_protocol(reg.get_dataset(dataset), profile, overrides or {})
     entry = reg.get_model(name)
     return entry.build(spec if spec is not None else spec_for(p.n_modalities), p, entry.resolve(p, config).config)
+
+
+class SmokeRuns:
+    """`shala-bench run --model mvae --profile smoke --seed S --no-progress --threads 1`, each seed trained once per
+    session, on first use, into one results folder. Tests that change runs work on a copy (`copy_runs`)."""
+
+    def __init__(self, root):
+        self.root, self.stdout = root, {}
+
+    def __call__(self, *seeds: int):
+        """The shared results folder once `seeds` have run, and each one's stdout."""
+        import contextlib
+        import io
+
+        from shala_bench.cli import main
+
+        for seed in seeds:
+            if seed not in self.stdout:
+                out, err = io.StringIO(), io.StringIO()
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    code = main(["run", "--model", "mvae", "--profile", "smoke", "--seed", str(seed), "--results",
+                                 str(self.root), "--no-progress", "--threads", "1"])
+                assert code == 0, err.getvalue()
+                self.stdout[seed] = out.getvalue()
+        return self.root, [self.stdout[s] for s in seeds]
+
+
+@pytest.fixture(scope="session")
+def mvae_smoke(tmp_path_factory):
+    return SmokeRuns(tmp_path_factory.mktemp("mvae-smoke") / "runs")
+
+
+def copy_runs(src, dst, seeds=(0, 1)):
+    """Copy the run folders of `seeds` under results folder `src` into results folder `dst` (same layout)."""
+    import shutil
+
+    for rec in src.rglob("record.json"):
+        run = rec.parent
+        if any(run.name.startswith(f"seed{s}-") for s in seeds):
+            shutil.copytree(run, dst / run.relative_to(src))
+    return dst

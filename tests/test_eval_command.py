@@ -2,8 +2,9 @@ import hashlib
 import json
 
 import pytest
+import torch
 
-from conftest import smoke_spec
+from conftest import copy_runs, smoke_spec
 from shala_bench import trainer
 from shala_bench.cli import main
 from shala_bench.launch import run_one
@@ -15,10 +16,13 @@ def sha(path) -> str:
 
 
 @pytest.fixture
-def finished(results):
-    rec = run_one(smoke_spec("mvae", results))
-    assert rec.ok
-    return rec, results / "polymnist-synth" / "mvae" / rec.run_id
+def finished(mvae_smoke, results):
+    """A finished mvae smoke run (seed 0): a fresh copy per test of the session's shared run."""
+    copy_runs(mvae_smoke(0)[0], results, seeds=(0,))
+    (path,) = results.rglob("record.json")
+    rec = read_record(path)
+    assert rec.ok and path.parent == results / "polymnist-synth" / "mvae" / rec.run_id
+    return rec, path.parent
 
 
 @pytest.fixture
@@ -112,8 +116,6 @@ def test_eval_of_a_folder_without_a_record_is_one_line_error(tmp_path, capsys):
 def test_eval_of_an_unfinished_checkpoint_is_refused(finished, capsys):
     rec, folder = finished
     blob = json.loads((folder / "record.json").read_text())
-    import torch
-
     ck = torch.load(folder / "best.pt", weights_only=True)
     ck["state"]["completed"] = []
     torch.save(ck, folder / "best.pt")

@@ -17,11 +17,11 @@ def mixture(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     return CENTRES[k] + STD * torch.randn(n, 2, generator=g), k
 
 
-def fit(cond: bool, steps: int, T: int = 100) -> tuple[GaussianDiffusion, Denoiser]:
+def fit(cond: bool, steps: int, width: int = 128, T: int = 100) -> tuple[GaussianDiffusion, Denoiser]:
     """A denoiser trained for a few seconds on the 2-D mixture (conditioned on the component if cond)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    diffusion, net = GaussianDiffusion(T), Denoiser(2, 3 if cond else 0, width=128, depth=2, T=T)
+    diffusion, net = GaussianDiffusion(T), Denoiser(2, 3 if cond else 0, width=width, depth=2, T=T)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     for _ in range(steps):
@@ -68,7 +68,8 @@ def test_forward_noising_matches_closed_form():
 
 
 def test_denoiser_samples_the_mixture_weights():
-    diffusion, net = fit(cond=False, steps=1000)
+    # 600 steps: over training seeds 0, 5, 10 the worst weight error was 0.028 and the mass on the components 0.974
+    diffusion, net = fit(cond=False, steps=600)
     torch.manual_seed(2)
     for eta in (0.0, 1.0):  # deterministic DDIM and ancestral sampling
         z = diffusion.sample(net, 4000, steps=50, eta=eta)
@@ -80,7 +81,8 @@ def test_denoiser_samples_the_mixture_weights():
 
 def test_conditional_denoiser_samples_the_given_component():
     """With condition dropout one network is p(z | c); guidance keeps samples on the component."""
-    diffusion, net = fit(cond=True, steps=800)
+    # width 64, 400 steps: over training seeds 0, 5, 10 the lowest hit rate was 0.99
+    diffusion, net = fit(cond=True, steps=400, width=64)
     torch.manual_seed(3)
     for j in range(3):
         c = torch.nn.functional.one_hot(torch.full((1000,), j), 3).float()

@@ -135,7 +135,7 @@ def test_the_masked_objective_learns_the_conditional_on_a_gaussian_toy():
     model.denoiser = MultiTimeDenoiser(2, 1, width=64, depth=2, T=100)
     opt = torch.optim.Adam(model.denoiser.parameters(), lr=3e-3)
     chol = torch.linalg.cholesky(COV)
-    steps = 800
+    steps = 400  # over seeds 0, 5, 10: mean off by at most 0.031, variance by 0.084 (800 steps: 0.027, 0.070)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     for _ in range(steps):
         Z = MEAN + torch.randn(512, 2) @ chol.T

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from conftest import copy_runs
 from shala_bench.cli import main
 
 
-def test_reproduce_reports_zero_difference_and_the_seed_spread(tmp_path, capsys):
-    runs = tmp_path / "runs"
-    for seed in (0, 1):
-        assert main(["run", "--model", "mvae", "--profile", "smoke", "--seed", str(seed), "--results", str(runs),
-                     "--no-progress", "--threads", "1"]) == 0
+def test_reproduce_reports_zero_difference_and_the_seed_spread(mvae_smoke, tmp_path, capsys):
+    # seeds 0 and 1 run with --threads 1 (the session's shared runs, copied here)
+    runs = copy_runs(mvae_smoke(0, 1)[0], tmp_path / "runs")
     (rec,) = runs.rglob("seed0-*/record.json")
     before = sorted(p.relative_to(runs).as_posix() for p in runs.rglob("*"))
     capsys.readouterr()
