@@ -22,9 +22,12 @@ THREADS = 1  # the thread count changes CPU numbers (reduction order), so it is 
 
 
 def builtin_models() -> list[str]:
+    """The models this repository implements: registered by shala-bench itself, less the `multivae/*` models of
+    the optional adapter (MultiVae's code, registered only where the extra is installed: not ours to pin)."""
     from shala_bench.registry import get_registry
 
-    return sorted(n for n, r in get_registry().models.items() if r.source.startswith("shala-bench "))
+    return sorted(n for n, r in get_registry().models.items()
+                  if r.source.startswith("shala-bench ") and not n.startswith("multivae/"))
 
 
 def smoke_metrics(model: str, cache_dir: str | None = None) -> dict[str, float]:
