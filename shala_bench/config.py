@@ -22,7 +22,6 @@ id and of the record; it never decides what is ranked together (the recipe hash 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import types
 import typing
@@ -75,7 +74,11 @@ class Config:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        """The config hash: the same canonical-JSON sha256 as a recipe's (results.protocol_digest), which is also
+        what a record's `config_hash` is checked against."""
+        from shala_bench.results import protocol_digest
+
+        return protocol_digest(self.to_dict())
 
     @classmethod
     def evaluation_fields(cls) -> tuple[str, ...]:
@@ -85,11 +88,6 @@ class Config:
 @dataclass(frozen=True)
 class NoConfig(Config):
     """The config of a plugin that declares none: no settings of its own."""
-
-
-def config_digest(values: dict) -> str:
-    """The config hash of a recorded config dict (as Config.hash)."""
-    return hashlib.sha256(json.dumps(values, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- accepted values: (check, what is accepted)
