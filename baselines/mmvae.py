@@ -15,7 +15,7 @@ trained with the DReG estimator (Tucker et al. 2019; the reference's `--obj dreg
 q's parameters are detached inside log q and the path gradient into the encoders is
 re-weighted by the squared normalised weights. β = 1 is the paper's bound; β = `beta`
 multiplies the latent terms as MMVAE+'s reference does, so the protocol's β means the
-same for MMVAE and MMVAE+ (the quick profile has β = 1).
+same for MMVAE and MMVAE+ (both profiles of polymnist-synth have β = 2.5).
 Prior p(z) = N(0, I); experts Gaussian (the harness backbones' (mu, logvar) heads).
 Contract: encode(X_S) = mean of the mixture = average of the experts' means in S;
 generate(X_S) picks one expert of S uniformly per sample, draws z from it, decodes;
