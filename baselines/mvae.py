@@ -89,12 +89,11 @@ class MVAE(MultimodalVAE):
             rec = rec + mask[i].to(z.dtype) * self.log_likelihood(m, x[m], self.decoders[m](z))
         return rec - beta * kl_to_standard_normal(mu, logvar)
 
-    def elbo_terms(self, x: dict[str, Tensor]) -> dict[str, Tensor]:
+    def elbo_terms(self, x: dict[str, Tensor], beta: float | Tensor) -> dict[str, Tensor]:
         mu_e, logvar_e, _ = self.experts(x)  # all M experts, encoded once
         M, B = mu_e.shape[0], mu_e.shape[1]
         dev = mu_e.device
         every = list(range(M))
-        beta = self.kl_weight(B)
         terms = {"joint": self.elbo(x, mu_e, logvar_e, torch.ones(M, device=dev), every, beta)}
         eye = torch.eye(M, device=dev)
         terms["unimodal"] = sum(self.elbo(x, mu_e, logvar_e, eye[i], [i], beta) for i in range(M))
@@ -109,12 +108,14 @@ class MVAE(MultimodalVAE):
 
     # ------------------------------------------------------------ contract
     def loss(self, batch, stage="vae"):
-        terms = self.elbo_terms(batch)
+        B = next(iter(batch.values())).shape[0]
+        beta = self.kl_weight(B)  # once per step: every ELBO term and the log use this one weight
+        terms = self.elbo_terms(batch, beta)
         total = sum(terms.values())
         logs = {f"elbo_{k}": v.mean().detach() for k, v in terms.items()}
         if self.config.kl_warmup > 0 and self.training:
-            logs["kl_weight"] = torch.as_tensor(self.kl_weight(next(iter(batch.values())).shape[0])).detach()
-            self.samples_seen += next(iter(batch.values())).shape[0]
+            logs["kl_weight"] = beta.detach()
+            self.samples_seen += B
         return -total.mean(), logs
 
     def negative_bound(self, batch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shala_bench.distributions import kl_to_standard_normal
+from shala_bench.distributions import kl_to_standard_normal, product_of_experts
 from shala_bench.protocol import make_protocol
 from shala_bench.registry import get_registry
 from conftest import build_model
@@ -55,7 +55,6 @@ def test_the_factor_multiplies_every_kl_term():
     slope = (l1 - l0) / (w1 - w0)
     torch.testing.assert_close(l_full, l0 + slope * (2.0 - w0), rtol=1e-5, atol=1e-3)
     # and that slope is the summed KL of the joint and unimodal posteriors (M = 2, no random subsets)
-    from shala_bench.distributions import product_of_experts
     kl = kl_to_standard_normal(*product_of_experts(mu_e, logvar_e)).mean()
     for i in range(2):
         kl = kl + kl_to_standard_normal(*product_of_experts(mu_e[i:i + 1], logvar_e[i:i + 1])).mean()
