@@ -52,14 +52,14 @@ def test_third_party_plugin_is_listed_and_runs(tmp_path):
     res = _pip("install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(FIXTURE))
     assert res.returncode == 0, res.stderr
     env = {**os.environ, "PYTHONPATH": str(target) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cli = [sys.executable, "-m", "shala_bench.cli"]
-    listed = subprocess.run(cli + ["list", "models"], capture_output=True, text=True, env=env)
-    assert listed.returncode == 0, listed.stderr
-    line = next(l for l in listed.stdout.splitlines() if l.startswith("toy-meanfusion"))
-    assert "shala-bench-toy-plugin 0.0.1" in line
-    ran = subprocess.run(cli + ["run", "--model", "toy-meanfusion", "--profile", "smoke", "--no-progress",
-                                "--results", str(tmp_path / "runs")], capture_output=True, text=True, env=env)
+    # one fresh interpreter lists it and runs it (the plugin is found through its installed entry point)
+    code = ("import sys; from shala_bench.cli import main; sys.exit(main(['list', 'models']) or main(['run', "
+            "'--model', 'toy-meanfusion', '--profile', 'smoke', '--no-progress', '--results', sys.argv[1]]))")
+    ran = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                         env=env, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
+    line = next(l for l in ran.stdout.splitlines() if l.startswith("toy-meanfusion"))
+    assert "shala-bench-toy-plugin 0.0.1" in line
     (record,) = (tmp_path / "runs" / "polymnist-synth" / "toy-meanfusion").rglob("record.json")
     metrics = __import__("json").loads(record.read_text())["metrics"]
     assert isinstance(metrics["kid_mean"], float) and metrics["metric_versions"]["toy-kid"] == 1
