@@ -44,11 +44,11 @@ from submitit.core.utils import JobPaths
 
 from shala_bench.cluster import ClusterError, ClusterProfile
 from shala_bench.errors import ShalaBenchError
+from shala_bench.executor_names import EXECUTORS
 from shala_bench.launch import RunSpec
 from shala_bench.results import atomic_write_text, now
 from shala_bench.trainer import Callback
 
-EXECUTORS = ("inline", "local", "slurm")
 CELLS = "cells"  # <sweep>/cells/<index>.json: what the task last said about itself
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # local tasks have no scheduler time limit worth the name
 

@@ -113,7 +113,7 @@ def cmd_sweep(args) -> int:
 
 
 def add_executor_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    from shala_bench.executors import EXECUTORS
+    from shala_bench.executor_names import EXECUTORS
 
     p.add_argument("--executor", choices=EXECUTORS, default=default,
                    help="inline: one after another in this process; local: parallel worker processes; slurm: one "
