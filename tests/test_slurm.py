@@ -25,8 +25,9 @@ from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
 
-# The smoke profile with a smaller latent-probe fit, to keep each task to seconds.
-TINY = (("probe_n", 32),)
+# The smoke profile with the least evaluation that still writes an ok record (no probe, no Frechet distance, no
+# validation, 16 coherence tuples): these tests are about the scheduler, and every task is a fresh interpreter.
+TINY = (("probe_n", 0), ("fd_n", 0), ("eval_n", 16), ("joint_n", 16), ("val_n", 0))
 TIMEOUT_S = 600
 
 
