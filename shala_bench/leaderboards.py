@@ -32,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shala_bench.leaderboard_samples import copy_grids, grids_json, sample_grid_lines
 from shala_bench.results import RECORD, RunRecord, atomic_write_text
 
 # Columns of a per-M table by default, in order (those present in the records); more with --metric.
-DEFAULT_METRICS = ["coherence_joint_kappa", "coherence_joint", "coherence_cond_bal_mean", "coherence_cond_mean",
+DEFAULT_METRICS = ["coherence_cond_bal_k1", "coherence_cond_bal_kmax", "coherence_joint_kappa", "coherence_joint",
+                   "coherence_cond_bal_mean", "coherence_cond_mean",
                    "fd_mean", "fd_cond_mean", "fid_mean", "fid_cond_mean", "probe_all", "test_nll"]
 # The modality-scaling curves, y-axis metric vs M: numbers that mean the same at every M (k = 1, k = M - 1,
 # chance-corrected joint), each the first of its alternatives present (records of metric version 1 have the
@@ -137,12 +139,16 @@ def family_hash(protocol: dict, metric_versions: dict | None = None) -> str:
 META = ["dataset", "model", "entry", "config_hash", "config_short", "seed", "M", "profile", "protocol_version",
         "protocol_hash", "metric_versions", "family_hash", "run_id", "chance_level", "at_chance", "collapsed", "converged",
         "budget_stages", "selection", "config_json", "run_train_s", "run_eval_s", "run_train_samples",
-        "run_train_pflop", "run_device", "run_threads"]
+        "run_train_pflop", "run_train_h", "run_eval_h", "run_created", "run_wall_s", "stage_costs", "grids",
+        "run_device", "run_threads"]
 # Compute columns of a per-M table (shown when recorded; never ranked): frame column -> header.
-COMPUTE_COLUMNS = {"run_train_samples": "samples to convergence", "run_train_pflop": "train PFLOP"}
+COMPUTE_COLUMNS = {"run_train_samples": "samples to convergence", "run_train_pflop": "train PFLOP",
+                   "run_train_h": "train h", "run_eval_h": "eval h"}
 COMPUTE_NOTE = ("`samples to convergence`: the training samples of the run over all its stages (for a seed marked "
                 f"{UNCONVERGED_MARK}, the budget it hit); `train PFLOP`: its training compute as the record counts it, "
-                "in 10^15 FLOP; both are means over seeds, shown, never ranked.")
+                "in 10^15 FLOP; `train h` / `eval h`: the measured wall-clock hours of its training (validation "
+                "included) and of its evaluation, on the hardware the compute line names — the cost of one cell; "
+                "all are means over seeds, shown, never ranked.")
 SHORT_CONFIG = 6  # hex digits of a config hash in a row name (more where two configs of a model share them)
 VERSIONS_KEY = "metric_versions"  # evaluate.VERSIONS_KEY: {metric: version} in a record's metrics
 
@@ -230,6 +236,9 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
         row["collapsed"] = collapsed(r)
         row.update(_training(r))
         row["run_train_s"], row["run_eval_s"] = (float(r.timings.get(k) or math.nan) for k in ("train_s", "eval_s"))
+        row["run_train_h"], row["run_eval_h"] = row["run_train_s"] / 3600, row["run_eval_s"] / 3600
+        row["run_created"] = r.created
+        row["run_wall_s"] = sum(float(r.timings.get(k) or 0.0) for k in ("data_s", "train_s", "eval_s"))
         row["run_device"], row["run_threads"] = r.hardware.get("device", "?"), r.hardware.get("torch_threads", "?")
         row.update({k: float(v) for k, v in r.metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -265,7 +274,9 @@ def _training(r: RunRecord) -> dict:
             "selection": ", ".join(f"{k}: {v['selection']}" for k, v in stages.items() if v.get("selection")),
             "config_json": json.dumps(config, sort_keys=True, separators=(",", ":")) if config else "",
             "run_train_samples": _positive(getattr(r, "train_samples", 0)),
-            "run_train_pflop": _positive(getattr(r, "train_flops", 0.0)) / 1e15}
+            "run_train_pflop": _positive(getattr(r, "train_flops", 0.0)) / 1e15,
+            "stage_costs": json.dumps(stage_costs(r), sort_keys=True) if stage_costs(r) else "",
+            "grids": grids_json(getattr(r, "artifacts", None))}
 
 
 def short_hashes(hashes) -> dict[str, str]:
@@ -499,7 +510,9 @@ def fmt_cell(c: Cell, decimals: int | None = None) -> str:
 
 
 def fmt_compute(c: Cell, column: str) -> str:
-    """Training samples as whole numbers; PFLOP with three significant digits."""
+    """Training samples as whole numbers; hours with two decimals; PFLOP with three significant digits."""
+    if column in ("run_train_h", "run_eval_h"):
+        return fmt_cell(c, 2)
     return fmt_cell(c, 0 if column == "run_train_samples" else significant_decimals(c.mean) if c.n else None)
 
 
@@ -831,9 +844,33 @@ def compute_line(fr: pd.DataFrame) -> str:
         return ""
     on = ", ".join(f"{n} records on {d}, {t} torch thread{'' if t == 1 else 's'}" for (d, t), n in
                    fr.groupby(["run_device", "run_threads"], sort=True).size().items())
+    busy = busy_wall_s(fr)
     return (f"Compute, summed over the {len(fr)} records: {fr['run_train_s'].sum() / 3600:.1f} h of training and "
-            f"{fr['run_eval_s'].sum() / 3600:.1f} h of evaluation ({on}); a sweep's wall time is this over its "
-            "parallel workers.")
+            f"{fr['run_eval_s'].sum() / 3600:.1f} h of evaluation ({on})"
+            + (f"; wall time {busy / 3600:.1f} h — the union of the runs' intervals (each record's end less its "
+               "data, training and evaluation seconds), so parallel workers overlap and the pauses between the "
+               "pieces of a sweep are not counted" if busy else "") + ".")
+
+
+def busy_wall_s(fr: pd.DataFrame) -> float:
+    """Seconds covered by the union of the records' run intervals [end - (data + train + eval), end]; 0 when the
+    records do not say."""
+    from datetime import datetime
+
+    spans = []
+    for end, wall in zip(fr.get("run_created", []), fr.get("run_wall_s", [])):
+        try:
+            t1 = datetime.fromisoformat(str(end)).timestamp()
+        except ValueError:
+            continue
+        if isinstance(wall, (int, float)) and math.isfinite(wall) and wall > 0:
+            spans.append((t1 - float(wall), t1))
+    total, reach = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 def _fmt(r, col: str) -> str:
@@ -885,12 +922,52 @@ class RunCurve:
     converged: float  # 1.0 / 0.0 / NaN, as the frame's column
     total: float  # the training samples of the run (the largest `samples` of its curve)
     points: dict[str, tuple[np.ndarray, np.ndarray]]  # validation column -> (samples, values), by samples
+    # validation column -> the training FLOPs at each of its points, and the run's training FLOPs, where its
+    # record gives every stage's cost (stage_costs); empty / NaN otherwise
+    flops: dict[str, np.ndarray] = field(default_factory=dict)
+    total_flops: float = math.nan
 
-    def at_or_before(self, col: str, samples: float) -> float | None:
-        """The last evaluation at or before `samples` training samples (None when there is none)."""
+    def at_or_before(self, col: str, x: float, axis: str = "samples") -> float | None:
+        """The last evaluation at or before `x` training samples (axis "samples") or training FLOPs ("flops");
+        None when there is none."""
         xs, ys = self.points[col]
-        i = int(np.searchsorted(xs, samples, side="right"))
+        i = int(np.searchsorted(xs if axis == "samples" else self.flops[col], x, side="right"))
         return float(ys[i - 1]) if i else None
+
+
+def stage_costs(r: RunRecord) -> dict[str, tuple[float, float, float]]:
+    """stage -> (training samples, training FLOPs, FLOPs per training sample), from a record's stage summaries;
+    {} when any stage does not say (records before the trainer counted FLOPs per stage)."""
+    stages = r.stages if isinstance(getattr(r, "stages", None), dict) else {}
+    out = {}
+    for name, v in stages.items():
+        try:
+            n, f, per_step, bs = (float(v[k]) for k in ("samples", "train_flops", "flops_per_step", "batch_size"))
+        except (KeyError, TypeError, ValueError):
+            return {}
+        if not (bs > 0 and all(math.isfinite(x) for x in (n, f, per_step))):
+            return {}
+        out[name] = (n, f, per_step / bs)
+    return out
+
+
+def flops_at(stages: pd.Series, samples: pd.Series, costs: dict[str, tuple[float, float, float]]) -> np.ndarray:
+    """The training FLOPs spent when each curve row was written: the FLOPs of the stages before the row's (in the
+    order they appear in the curve) and its stage's FLOPs per sample times its samples into that stage. NaN
+    where a row's stage has no cost."""
+    order = list(dict.fromkeys(stages.dropna()))
+    before_n, before_f, offset = 0.0, 0.0, {}
+    for st in order:
+        if st not in costs:
+            continue
+        offset[st] = (before_n, before_f)
+        before_n, before_f = before_n + costs[st][0], before_f + costs[st][1]
+    out = np.full(len(samples), math.nan)
+    for i, (st, n) in enumerate(zip(stages, samples)):
+        if st in offset and math.isfinite(n):
+            n0, f0 = offset[st]
+            out[i] = f0 + (n - n0) * costs[st][2]
+    return out
 
 
 def read_curve(path: Path, warn=None) -> pd.DataFrame | None:
@@ -924,7 +1001,9 @@ def run_curves(part: pd.DataFrame, root: Path | None) -> list[RunCurve]:
         if df is None:
             continue
         samples = pd.to_numeric(df["samples"], errors="coerce")
-        points = {}
+        costs = json.loads(r.stage_costs) if isinstance(getattr(r, "stage_costs", ""), str) and r.stage_costs else {}
+        fl = flops_at(df["stage"], samples, costs) if costs and "stage" in df else np.full(len(df), math.nan)
+        points, flops = {}, {}
         for col in VAL_COLUMNS:
             if col in df:
                 ys = pd.to_numeric(df[col], errors="coerce")
@@ -932,9 +1011,21 @@ def run_curves(part: pd.DataFrame, root: Path | None) -> list[RunCurve]:
                 if ok.any():
                     order = np.argsort(samples[ok].to_numpy(float), kind="stable")
                     points[col] = (samples[ok].to_numpy(float)[order], ys[ok].to_numpy(float)[order])
+                    f = fl[ok.to_numpy()][order]
+                    if np.isfinite(f).all():
+                        flops[col] = f
         if points and samples.notna().any():
-            out.append(RunCurve(r.entry, int(r.seed), float(r.converged), float(samples.max()), points))
+            total_flops = sum(c[1] for c in costs.values()) if costs else math.nan
+            out.append(RunCurve(r.entry, int(r.seed), float(r.converged), float(samples.max()), points,
+                                flops, total_flops))
     return out
+
+
+def compute_axis(curves: list[RunCurve], col: str) -> str:
+    """"flops" when every run with `col` knows its training FLOPs at each evaluation (equal compute is then read
+    in FLOPs, which differ per sample by model), else "samples"."""
+    runs = [c for c in curves if col in c.points]
+    return "flops" if runs and all(col in c.flops and math.isfinite(c.total_flops) for c in runs) else "samples"
 
 
 def val_column(curves: list[RunCurve]) -> str | None:
@@ -963,14 +1054,15 @@ def curve_bands(curves: list[RunCurve], col: str) -> dict[str, tuple[list, list,
     return out
 
 
-def equal_compute(curves: list[RunCurve], col: str) -> tuple[float, dict[str, Cell]]:
+def equal_compute(curves: list[RunCurve], col: str, axis: str = "samples") -> tuple[float, dict[str, Cell]]:
     """(s, entry -> Cell): each run's validation `col` at its last evaluation at or before s, the fewest training
-    samples any of these runs trained for; a run without an evaluation by then is left out."""
+    samples (axis "samples") or FLOPs ("flops") any of these runs trained for; a run without an evaluation by then
+    is left out."""
     runs = [c for c in curves if col in c.points]
-    s = min(c.total for c in runs)
+    s = min(c.total if axis == "samples" else c.total_flops for c in runs)
     cells: dict[str, Cell] = {}
     for entry in sorted({c.entry for c in runs}):
-        mine = [(c, c.at_or_before(col, s)) for c in runs if c.entry == entry]
+        mine = [(c, c.at_or_before(col, s, axis)) for c in runs if c.entry == entry]
         mine = [(c, v) for c, v in mine if v is not None]
         cells[entry] = Cell(tuple(v for _, v in mine), unconverged=sum(c.converged == 0.0 for c, _ in mine))
     return s, cells
@@ -1006,9 +1098,11 @@ def _md_image(alt: str, rel: str) -> str:
 
 
 def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
-                   catalog: Catalog | None = None, curves_root: Path | None = None) -> list[str]:
+                   catalog: Catalog | None = None, curves_root: Path | None = None,
+                   records_rel: str = "records") -> list[str]:
     """A protocol family's section: its recipe, compute, convergence and configs; the modality-scaling curves;
-    per M the leaderboard and, where the runs left a curves.csv beside their records (under `curves_root`), the
+    per M the leaderboard, the sample grids copied beside the records (under `curves_root`, linked through
+    `records_rel`) and, where the runs left a curves.csv beside their records, the
     validation learning curves and the ranking at equal training compute."""
     from shala_bench.plots import band_plot, line_plot
 
@@ -1079,12 +1173,13 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
         a = arrow_of(key)
         path = out / plots_rel / f"{short}-{col}-vs-samples-M{M}.png"
         what = f"validation {col} vs training samples at M = {M}"
-        s, cells = equal_compute(runs, col)
+        axis = compute_axis(runs, col)
+        s, cells = equal_compute(runs, col, axis)
         band_plot(path, curve_bands(runs, col), xlabel="training samples", ylabel=f"validation {col} {a}".rstrip(),
                   title=(f"{fam.dataset}, M = {M}: validation learning curve (mean, min–max over seeds)\n"
                          f"profile {profile}, protocol v{version}, family {short}"),
                   models=models, chance=chance if VAL_COLUMNS[col] else None, marker=".",
-                  xline=(s, "equal compute"))
+                  xline=(s, "equal compute") if axis == "samples" else None)
         written.append(path)
         if _lower(key) is not None:
             rank(cells, _lower(key))
@@ -1094,16 +1189,24 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
                 "over seeds, each seed interpolated linearly between its evaluations within the range it trained "
                 "over, and the band from the lowest to the highest seed.", "",
                 _md_image(what, f"{plots_rel}/{path.name}"), "",
-                f"At equal training compute (M = {M}): validation `{col}` at {int(s)} training samples, the fewest "
-                "any of these runs trained for — each run's last evaluation at or before it (a run not yet "
-                "evaluated by then is left out). The table above ranks the selected checkpoints, each after its own "
-                "training; this one, the runs after the same number of training samples.", "",
+                (f"At equal training compute (M = {M}): validation `{col}` at {int(s)} training samples, the fewest "
+                 "any of these runs trained for — each run's last evaluation at or before it (a run not yet "
+                 "evaluated by then is left out). The table above ranks the selected checkpoints, each after its "
+                 "own training; this one, the runs after the same number of training samples."
+                 if axis == "samples" else
+                 f"At equal training compute (M = {M}): validation `{col}` after {s / 1e15:.3g} PFLOP of training, "
+                 "the least any of these runs spent — each run's last evaluation at or before it, its FLOPs read "
+                 "from its record's per-stage counts (a run not yet evaluated by then is left out). The table above "
+                 "ranks the selected checkpoints, each after its own training; this one, the runs after the same "
+                 "training compute, whose FLOPs per sample differ by model."), "",
                 equal_compute_markdown(cells, col, key), ""]
 
     lines += ["### Leaderboard per M", ""]
     for t in tables:
         lines += [f"#### M = {t.M} — protocol `{t.protocol_hash[:12]}`", "", table_markdown(t, p), ""]
         lines += learning(t.M)
+        lines += sample_grid_lines(fam.frame[(fam.frame["M"] == t.M) & (fam.frame["protocol_hash"] == t.protocol_hash)],
+                                   t.M, curves_root, records_rel)
     return lines
 
 
@@ -1122,7 +1225,7 @@ def dataset_page(ds: str, fams: list[Family], failed: list[RunRecord], out: Path
     convergence = any(fam.frame["converged"].notna().any() for fam in fams if "converged" in fam.frame)
     lines += ["", legend(convergence), ""]
     for fam in fams:
-        lines += family_section(fam, out, f"plots/{ds}", written, catalog, curves_root)
+        lines += family_section(fam, out, f"plots/{ds}", written, catalog, curves_root, records_rel)
     if failed:
         lines += ["## Failed runs", "", "Recorded, not shown in the tables above.", ""]
         rows = [[r.model, str(r.seed), str(r.n_modalities), f"`{r.protocol_hash[:12]}`", r.status]
@@ -1209,8 +1312,8 @@ def _copy_if_changed(src: Path, dest: Path) -> bool:
 
 def collect_records(results: Path, records_dir: Path) -> tuple[list[Path], list[Path]]:
     """Copy finished record.json files (ok and failed, not running) from a results folder into
-    <records_dir>/<dataset>/<model>/<run_id>/record.json, each with the curves.csv beside it where there is one
-    (the leaderboard's validation learning curves). Returns (copied, unchanged) records."""
+    <records_dir>/<dataset>/<model>/<run_id>/record.json, each with the curves.csv (the leaderboard's validation
+    learning curves) and the sample grids beside it where it has them. Returns (copied, unchanged) records."""
     from shala_bench.results import CURVES, iter_record_files
 
     copied, same = [], []
@@ -1220,5 +1323,6 @@ def collect_records(results: Path, records_dir: Path) -> tuple[list[Path], list[
         dest = Path(records_dir) / rec.dataset / rec.model / rec.run_id / RECORD
         if (path.parent / CURVES).is_file():
             _copy_if_changed(path.parent / CURVES, dest.parent / CURVES)
+        copy_grids(path.parent, dest.parent, rec.artifacts, _copy_if_changed)
         (copied if _copy_if_changed(path, dest) else same).append(dest)
     return copied, same

@@ -137,6 +137,25 @@ def test_the_per_M_table_gains_samples_to_convergence_and_train_pflop():
     assert old.compute == [] and "samples to convergence" not in lb.table_markdown(old)
 
 
+def test_the_per_M_table_shows_each_cells_measured_hours_and_the_page_the_busy_wall_time():
+    # two workers: runs of 1 h and 2 h that overlap by 0.5 h, then a third hour after a pause of a day
+    ends = {("mvae", 0): ("2026-12-01T01:00:00+00:00", 3600), ("mopoe", 0): ("2026-12-01T02:30:00+00:00", 7200),
+            ("mvae", 1): ("2026-12-02T10:00:00+00:00", 3600)}
+    rs = []
+    for (model, seed), (end, wall) in ends.items():
+        r = v2rec(model, seed, _m(0.4, 4.0))
+        r.created, r.timings = end, {"data_s": 60.0, "train_s": wall - 660.0, "eval_s": 600.0}
+        rs.append(r)
+    fr = lb.records_frame(rs)
+    assert lb.busy_wall_s(fr) == pytest.approx(3600 + 7200 - 1800 + 3600)
+    assert "wall time 3.5 h — the union of the runs' intervals" in lb.compute_line(fr)
+    (t,) = lb.compare_tables(rs, metrics=METRICS)
+    assert t.compute == ["run_train_samples", "run_train_pflop", "run_train_h", "run_eval_h"]
+    md = lb.table_markdown(t)
+    assert _row(md, "mopoe")[-2:] == [f"{(7200 - 660) / 3600:.2f}", "0.17"]
+    assert lb.busy_wall_s(lb.records_frame([v2rec("mvae", 0, _m(0.4, 4.0))])) == 0.0  # no timings: not said
+
+
 # ----------------------------------------------------------------- config identity
 def test_rows_of_one_model_under_different_configs_are_separate_and_ranked_together(tmp_path):
     a, b = {"beta": 1.0, "K": 1}, {"beta": 2.5, "K": 1}
@@ -213,6 +232,79 @@ def test_equal_compute_reads_each_run_at_the_fewest_samples_any_run_trained_for(
     assert xs == [500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 3500.0, 4000.0]
     assert mean[0] == pytest.approx(0.36) and (lo[0], hi[0]) == pytest.approx((0.35, 0.37))
     assert mean[-1] == lo[-1] == hi[-1] == pytest.approx(0.72)
+
+
+def test_equal_compute_is_read_in_flops_when_every_record_counts_its_stages(tmp_path):
+    # mvae: one stage, 4,000 samples at 1e10 FLOP each (4e13). mld: a first stage of 2,000 samples at 2e10 (4e13),
+    # then a prior stage of 2,000 at 5e9 (1e13): 5e13 in all. Both trained 4,000 samples, so at equal samples both
+    # are read at 4,000; at equal FLOPs (the least is mvae's 4e13) mld is read at the end of its first stage. The
+    # stages are listed in the record sorted by name (prior before vae), the curve gives their order.
+    val = {"mvae": lambda s: 0.2 + s / 10000, "mld": lambda s: 0.1 + s / 5000}
+    costs = {"mvae": {"vae": (4000, 4e13, 1e12)}, "mld": {"vae": (2000, 4e13, 2e12), "prior": (2000, 1e13, 5e11)}}
+    recs = []
+    for model, stages in costs.items():
+        r = v2rec(model, 0, _m(0.5, 3.0), samples=4000, flops=sum(v[1] for v in stages.values()))
+        r.stages = {name: {"samples": n, "train_flops": f, "flops_per_step": per_step, "batch_size": 100,
+                           "converged": True, "stop_reason": "plateau", "selection": "val_coherence_cond_k1"}
+                    for name, (n, f, per_step) in sorted(stages.items())}
+        folder = tmp_path / "records" / r.dataset / r.model / r.run_id
+        folder.mkdir(parents=True)
+        with open(folder / CURVES, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["stage", "step", "samples", "loss", "val_selection", "val_coherence_cond_k1"])
+            done = 0
+            for name in ("vae", "prior"):
+                if name not in stages:
+                    continue
+                for n in range(500, int(stages[name][0]) + 1, 500):
+                    w.writerow([name, n // 100, done + n, 1.0, val[model](done + n), val[model](done + n)])
+                done += int(stages[name][0])
+        recs.append(r)
+    root = _write(recs, tmp_path / "records")
+    runs = lb.run_curves(lb.records_frame(load_records(root)), root)
+    col = "val_coherence_cond_k1"
+    assert lb.compute_axis(runs, col) == "flops"
+    mld = next(c for c in runs if c.entry == "mld")
+    assert mld.total_flops == 5e13 and list(mld.flops[col][:4]) == [1e13, 2e13, 3e13, 4e13]
+    assert mld.flops[col][-1] == pytest.approx(5e13)
+    s, cells = lb.equal_compute(runs, col, "flops")
+    assert s == 4e13 and cells["mvae"].values == pytest.approx((0.6,)) and cells["mld"].values == pytest.approx((0.5,))
+    s, cells = lb.equal_compute(runs, col, "samples")
+    assert s == 4000 and cells["mld"].values == pytest.approx((0.9,))
+    out = tmp_path / "lb"
+    lb.write_leaderboards(load_records(root), out, records_dir=root)
+    page = (out / "toy.md").read_text()
+    assert "validation `val_coherence_cond_k1` after 0.04 PFLOP of training, the least any of these runs spent" in page
+    # a record without per-stage counts (v2rec's) puts the family back on samples
+    runs.append(lb.run_curves(lb.records_frame(load_records(curve_records(tmp_path / "old"))), tmp_path / "old")[0])
+    assert lb.compute_axis(runs, col) == "samples"
+
+
+def test_collect_copies_the_sample_grids_and_the_page_shows_one_row_per_model(tmp_path):
+    results, records, out = tmp_path / "runs", tmp_path / "lb" / "records", tmp_path / "lb"
+    grids = {"samples_joint": "samples_joint.png", "samples_cross": "samples_cross.png"}
+    rs = [v2rec("mvae", 1, _m(0.4, 4.0)), v2rec("mvae", 0, _m(0.4, 4.0)), v2rec("mopoe", 0, _m(0.5, 3.0))]
+    for r in rs[:2]:
+        r.artifacts = dict(grids, elsewhere="../../outside.png")  # not a plain file name: never copied
+    rs[2].artifacts = {"samples_joint": "samples_joint.png"}  # its run wrote no grid file: no row
+    _write(rs, results)
+    for r in rs[:2]:
+        for name in grids.values():
+            (results / r.dataset / r.model / r.run_id / name).write_bytes(f"png {r.seed} {name}".encode())
+    copied, _ = lb.collect_records(results, records)
+    assert len(copied) == 3
+    for r in rs[:2]:
+        got = sorted(p.name for p in (records / r.dataset / r.model / r.run_id).iterdir())
+        assert got == ["record.json", "samples_cross.png", "samples_joint.png"]
+    assert not list(records.rglob("outside.png"))
+    lb.write_leaderboards(load_records(records), out, records_dir=records)
+    page = (out / "toy.md").read_text()
+    assert "Sample grids (M = 2): one seed of each model" in page
+    row = _row(page.split("Sample grids (M = 2)")[1], "mvae")  # the lowest seed's grids, linked into the records
+    link = f"records/toy/mvae/{rs[1].run_id}"
+    assert row[:2] == ["mvae", "0"] and row[2] == f"![mvae samples_joint, seed 0]({link}/samples_joint.png)"
+    assert row[3] == f"![mvae samples_cross, seed 0]({link}/samples_cross.png)"
+    assert "samples_joint, seed 0](records/toy/mopoe" not in page
 
 
 def test_the_learning_curve_plot_is_written_and_linked_and_the_pages_are_byte_identical(tmp_path):
