@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
                    help="records folder, <dataset>/<model>/<run_id>/record.json (default: %(default)s)")
     p.add_argument("--out", default="leaderboards", help="where to write the pages (default: %(default)s)")
     p.add_argument("--collect", metavar="RESULTS",
-                   help="first copy the finished record.json files (only those) from this results folder into --results")
+                   help="first copy the finished record.json files from this results folder into --results, each "
+                        "with its curves.csv and sample grids (running runs are left out)")
     p.add_argument("--dataset", help="only regenerate this dataset's page (and the index)")
     p.set_defaults(func=cmd_leaderboard)
