@@ -795,7 +795,10 @@ def policy_line(p: dict, fr: pd.DataFrame) -> str:
     return (f"Budget policy (the same for every model): each stage is evaluated every {g['eval_every']} training "
             f"samples on {g['val_n']} validation tuples and stops at a plateau — when the validation selection "
             f"metric {selection_of(p, fr)} has not improved by more than min_delta = {g['min_delta']} for patience = "
-            f"{g['patience']} evaluations — or at the budget of {g['max_train_samples']} training samples "
+            f"{g['patience']} evaluations"
+            + (f" (a stage selected on its validation loss: by more than min_rel_delta = {p['min_rel_delta']} of "
+               "its best loss)" if p.get("min_rel_delta") else "")
+            + f" — or at the budget of {g['max_train_samples']} training samples "
             "(max_train_samples), whichever comes first; the best validation checkpoint is the one evaluated.")
 
 

@@ -77,7 +77,11 @@ class Protocol:
     max_train_samples: int = 128_000  # cap on the training samples of a stage (1,000 steps of 128)
     eval_every: int = 12_800  # training samples between validation evaluations (rounded to whole steps)
     patience: int = 0  # evaluations without improvement before a stage stops; 0 = never stop early
-    min_delta: float = 0.0  # the least rise of the selection metric that counts as an improvement
+    min_delta: float = 0.0  # the least rise of a coherence selection metric that counts as an improvement
+    # the least fall of a stage's validation loss (its negative bound, for a stage that selects on it) that counts
+    # as an improvement, as a fraction of the best loss so far: a bound is in nats that grow with M and the
+    # image size, so an absolute min_delta means nothing there (0.005 nats of a 5,700-nat loss never stops it)
+    min_rel_delta: float = 0.0
     val_n: int = 500  # validation tuples the selection metric reads (capped at n_val; 0 = no validation)
     # --- end budget policy
 
@@ -97,7 +101,7 @@ class Protocol:
     compile: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @property
     def hash(self) -> str:
@@ -108,10 +112,21 @@ class Protocol:
         return self.hash[:12]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The canonical form (records store it, the hash is its JSON's): a field added to the recipe after
+        records were made (LATER_FIELDS) is left out at the value that means "as before", so every earlier
+        recipe keeps its hash, and its records their family."""
+        d = dataclasses.asdict(self)
+        for k, before in LATER_FIELDS.items():
+            if d[k] == before:
+                del d[k]
+        return d
 
 
 Recipe = Protocol
+
+# Recipe fields added after protocol v2's first records, with the value that reproduces what the code did before
+# them (a recorded recipe without the field was trained under it; see Protocol.to_dict and trained_fields).
+LATER_FIELDS: dict[str, object] = {"min_rel_delta": 0.0}
 
 
 # Profile defaults shared by every dataset; a dataset plugin adds its own on top.
@@ -143,6 +158,7 @@ def trained_fields(recorded: dict) -> dict:
     fixed identity (dataset, profile, versions) and the evaluation section, and the dataset's own settings
     (namespaced), as overrides for make_protocol."""
     out = {k: v for k, v in recorded.items() if k in FIELDS and k not in _FIXED and k not in EVALUATION_FIELDS}
+    out.update({k: before for k, before in LATER_FIELDS.items() if k not in recorded})  # trained before the field
     out.update({f"{recorded['dataset']}.{k}": v for k, v in (recorded.get("dataset_settings") or {}).items()})
     return out
 
@@ -227,7 +243,8 @@ RANGES: dict[str, tuple] = {
     "latent_dim": _gt(0), "batch_size": _gt(0), "lr": _gt(0), "beta": _ge(0),
     "likelihood_scale": _gt(0), "grad_clip": _ge(0), "checkpoint_every": _gt(0), "log_every": _gt(0),
     # budget policy
-    "max_train_samples": _gt(0), "eval_every": _gt(0), "patience": _ge(0), "min_delta": _ge(0), "val_n": _ge(0),
+    "max_train_samples": _gt(0), "eval_every": _gt(0), "patience": _ge(0), "min_delta": _ge(0),
+    "min_rel_delta": _ge(0), "val_n": _ge(0),
     # evaluation (fid_n, fd_n, probe_n = 0: that metric off, recorded as unavailable)
     "classifier_epochs": _gt(0), "classifier_batch": _gt(0), "eval_n": _gt(0), "joint_n": _gt(0),
     "max_subsets_per_k": _gt(0), "fid_n": _ge(0), "fd_n": _ge(0), "frechet_cond_subsets": _ge(0), "probe_n": _ge(0),

@@ -201,7 +201,8 @@ class Trainer:
     """Runs `model.stages` in order, each under `model.stage_budget(stage)`: at most max_samples training
     samples, validated every `eval_every` samples (rounded to whole steps) and at the stage's end by
     `validator` (shala_bench.validation.Validator; None or one without tuples: no validation, the last weights
-    are the best), stopped after `patience` evaluations without an improvement > min_delta. The best
+    are the best), stopped after `patience` evaluations without an improvement (> min_delta for a coherence,
+    > min_rel_delta of the best loss for a stage selected on its loss). The best
     weights go to best.pt (a full checkpoint, the one a run evaluates), the last state to checkpoint.pt
     (for resume); at a stage's end the model is restored to the stage's best weights."""
 
@@ -429,7 +430,7 @@ class Trainer:
         e = self.state.early
         value, tiebreak = float(vals["val_selection"]), -float(vals["val_loss"])
         improved = math.isfinite(value) and (
-            e["best"] is None or value > e["best"] + p.min_delta
+            e["best"] is None or value > e["best"] + self._min_gain(selection, e["best"])
             or (value == e["best"] and math.isfinite(tiebreak) and tiebreak > e["best_tiebreak"]))
         e["evals"] += 1
         if improved:
@@ -439,6 +440,13 @@ class Trainer:
             e["since_best"] += 1
         self._call("on_eval", {"stage": stage, "step": self.state.step, "samples": self.samples_seen, **vals})
         return p.patience > 0 and e["since_best"] >= p.patience and not self._at_chance(selection)
+
+    def _min_gain(self, selection: str, best: float) -> float:
+        """The least rise over `best` that counts as an improvement: min_delta for a coherence, min_rel_delta
+        of |best| for a stage that selects on its loss (its selection value is -loss, in nats)."""
+        metric = getattr(self.validator, "metric", lambda s: "val_loss")(selection)
+        p = self.protocol
+        return p.min_rel_delta * abs(best) if metric == "val_loss" else p.min_delta
 
     def _at_chance(self, selection: str) -> bool:
         """Whether the stage's best validation value has not left chance (validation.CHANCE_MARGIN): then a

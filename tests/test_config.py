@@ -159,3 +159,21 @@ def test_an_edited_config_makes_a_record_inconsistent(tmp_path):
 
     rec.protocol_hash = protocol_digest(rec.protocol)
     assert "config_hash" in inconsistency(rec)
+
+
+def test_a_recipe_field_added_later_keeps_the_hash_of_records_made_before_it():
+    # min_rel_delta came after protocol v2's first records: left out of the canonical form at its "as before"
+    # value (0), so the committed M = 5 records keep their hash and family, and re-evaluating or reproducing
+    # one of them trains and ranks under the recipe it was made under, not under the quick profile's 0.001
+    from shala_bench.protocol import LATER_FIELDS, make_protocol, trained_fields
+
+    ds = get_registry().get_dataset("polymnist-synth")
+    old = json.loads((Path(__file__).parents[1] / "benchmarks/results/quick_m5/mvae/record.json").read_text())
+    assert "min_rel_delta" not in old["protocol"] and LATER_FIELDS == {"min_rel_delta": 0.0}
+    kept = trained_fields(old["protocol"])
+    assert kept["min_rel_delta"] == 0.0 and kept["max_train_samples"] == 614_400
+    again = make_protocol(ds, "quick", kept)
+    assert again.to_dict() == old["protocol"] and again.hash == old["protocol_hash"]
+    now = make_protocol(ds, "quick")  # the current quick recipe sets it: in the record, in the hash
+    assert now.to_dict()["min_rel_delta"] == 0.001 and now.hash != old["protocol_hash"]
+    assert make_protocol(ds, "quick", {**kept, "min_rel_delta": 0.001}).hash not in (old["protocol_hash"], now.hash)

@@ -31,6 +31,28 @@ def test_early_stopping_stops_on_a_constructed_plateau_and_not_before(tmp_path):
     assert scripted.calls == 5 and tr.state.summaries["vae"]["best_step"] == 4
 
 
+def test_a_loss_selected_stage_counts_a_fall_relative_to_its_best_loss_and_a_coherence_min_delta(tmp_path):
+    class LossScripted(Scripted):  # as Validator for a stage selected on its loss: the value is -val_loss
+        def metric(self, selection):
+            return "val_loss"
+
+    # losses 1000, 990 (-1 %), 985.1 (-0.49 %), then 984.7, 984.4, 984.2 (0.09 % below 985.1 at most): with
+    # min_rel_delta 0.001 the best stays at the 3rd evaluation (step 6), three without a fall > 0.985: stop
+    losses = [1000, 990, 985.1, 984.7, 984.4, 984.2, 984.1, 984.0, 983.9, 983.8]
+    scripted = LossScripted([-v for v in losses])
+    _, tr = train(tmp_path / "a", toy_protocol(patience=3, min_delta=0.5, min_rel_delta=0.001), scripted)
+    s = tr.state.summaries["vae"]
+    assert scripted.calls == 6 and (s["stop_reason"], s["converged"], s["best_step"]) == ("plateau", True, 6)
+    # the same curve without min_rel_delta: any fall counts (min_delta is a coherence's, not read for a loss)
+    scripted = LossScripted([-v for v in losses])
+    _, tr = train(tmp_path / "b", toy_protocol(patience=3, min_delta=0.5), scripted)
+    assert scripted.calls == 10 and tr.state.summaries["vae"]["stop_reason"] == "budget"
+    # and a coherence selection reads min_delta, not min_rel_delta: rises of 0.3-0.45 over 2.5 do not count
+    scripted = Scripted([1, 2.5, 2.8, 2.9, 2.95, 9])
+    _, tr = train(tmp_path / "c", toy_protocol(patience=3, min_delta=0.5, min_rel_delta=0.001), scripted)
+    assert scripted.calls == 5 and tr.state.summaries["vae"]["best_step"] == 4
+
+
 def test_converged_is_false_when_the_budget_ends_while_still_improving_and_null_without_patience(tmp_path):
     _, tr = train(tmp_path / "a", toy_protocol(patience=3), Scripted(range(10)))
     s = tr.state.summaries["vae"]
