@@ -365,9 +365,13 @@ def welch_better(best: Cell, other: Cell, lower: bool) -> bool:
 
 
 def rank(cells: dict[str, Cell], lower: bool) -> None:
-    """Mark the best cell(s) (ties share it) and whether the best beats the runner-up beyond seed noise."""
-    scored = {k: c for k, c in cells.items() if c.n}
-    if len(scored) < 2:
+    """Mark the best cell(s) (ties share it) and whether the best beats the runner-up beyond seed noise. A
+    coherence cell with a seed at chance or collapsed (§) is not a result, so it is never the best: a collapsed
+    prior's raw joint agreement is high because every sample is one class."""
+    if sum(1 for c in cells.values() if c.n) < 2:
+        return
+    scored = {k: c for k, c in cells.items() if c.n and not c.at_chance}
+    if not scored:
         return
     sign = 1.0 if lower else -1.0
     order = sorted(scored, key=lambda k: (sign * scored[k].mean, k))
@@ -375,7 +379,7 @@ def rank(cells: dict[str, Cell], lower: bool) -> None:
     best = [k for k in order if sign * scored[k].mean == top]
     for k in best:
         scored[k].best = True
-    if len(best) == 1:
+    if len(best) == 1 and len(order) > 1:
         scored[best[0]].significant = welch_better(scored[best[0]], scored[order[1]], lower)
 
 
