@@ -269,13 +269,14 @@ def _training(r: RunRecord) -> dict:
     stages = r.stages if isinstance(getattr(r, "stages", None), dict) else {}
     stages = {k: v for k, v in stages.items() if isinstance(v, dict)}
     config = r.config if isinstance(getattr(r, "config", None), dict) else {}
+    costs = stage_costs(r)
     return {"converged": {True: 1.0, False: 0.0}.get(conv, math.nan) if isinstance(conv, bool) else math.nan,
             "budget_stages": ", ".join(k for k, v in stages.items() if v.get("stop_reason", v.get("stop")) == "budget"),
             "selection": ", ".join(f"{k}: {v['selection']}" for k, v in stages.items() if v.get("selection")),
             "config_json": json.dumps(config, sort_keys=True, separators=(",", ":")) if config else "",
             "run_train_samples": _positive(getattr(r, "train_samples", 0)),
             "run_train_pflop": _positive(getattr(r, "train_flops", 0.0)) / 1e15,
-            "stage_costs": json.dumps(stage_costs(r), sort_keys=True) if stage_costs(r) else "",
+            "stage_costs": json.dumps(costs, sort_keys=True) if costs else "",
             "grids": grids_json(getattr(r, "artifacts", None))}
 
 

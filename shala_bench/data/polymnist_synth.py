@@ -175,9 +175,8 @@ PROFILES = {
     # cap, one seed of every model at M = 5 (benchmarks/results/quick_m5/) left MoPoE, MMVAE+ and the priors
     # of shala-cond and MLD still rising, and ShaLa's and MLD's first stages (selected on their validation loss)
     # still falling 0.1-0.6 % per evaluation, where an absolute 0.005 nats could never stop them. So the cap is
-    # twice that, 4,800 steps
-    # (1.23e6 samples), for every model, and a loss-selected stage stops after 3 evaluations without a fall of
-    # more than 0.1 % of its best loss (min_rel_delta).
+    # twice that, 4,800 steps (1.23e6 samples), for every model, and a loss-selected stage stops after 3
+    # evaluations without a fall of more than 0.1 % of its best loss (min_rel_delta).
     # Departures from `paper`, printed on the leaderboard page: 10,000 training tuples (not 60,000), lr 1e-3,
     # the budget, and the evaluation counts. v1's quick recipe (scale 0.1, beta 1, batch 32, 2,400 steps)
     # is the protocol-v1 family on the committed page.
