@@ -15,7 +15,9 @@ Two steps. Test-split numbers are never read by either.
    setting stays the run's (its recipe, and its recorded model config), the other evaluation settings
    are the profile's defaults. The validation split is evaluated in the place of the test split, with a cache folder
    of its own (`--cache-dir`, default <out>/.cache): the harness caches real-data statistics by split
-   name, so sharing its cache would mix the two splits.
+   name, so sharing its cache would mix the two splits. A grid point whose validation record is in --out
+   already is kept, not evaluated again: run the step right after each training run finishes (the
+   checkpoints live only in the results folder) and commit the records; later calls add the new runs.
 
 2. `select`: read the validation records and pick (prints a table; `--json` writes the decision):
 
@@ -231,6 +233,12 @@ def validation_view(data):
     return dataclasses.replace(data, splits={**data.splits, "test": data.splits["val"]})
 
 
+def validation_folder(out: Path, rec, settings: dict) -> Path:
+    """Where the validation record of training run `rec` under evaluation `settings` goes."""
+    tag = hashlib.sha256(settings_key(settings).encode()).hexdigest()[:10]
+    return Path(out) / rec.dataset / rec.model / rec.run_id / tag
+
+
 def evaluate_on_validation(run: Path, settings: dict, out: Path, cache_dir: Path, device: str = "cpu",
                            metrics: tuple[str, ...] = METRICS) -> Path:
     """One validation record for a finished training run under evaluation `settings`; returns its path."""
@@ -265,8 +273,7 @@ def evaluate_on_validation(run: Path, settings: dict, out: Path, cache_dir: Path
     defaults = entry.resolve(p).config.to_dict()
     trained.update({(k if k not in trained else f"{rec.model}.{k}"): v for k, v in recorded.items()
                     if defaults.get(k) != v})
-    tag = hashlib.sha256(settings_key(settings).encode()).hexdigest()[:10]
-    folder = Path(out) / rec.dataset / rec.model / rec.run_id / tag
+    folder = validation_folder(out, rec, settings)
     values, timings, _ = evaluate(model, p, validation_view(data), folder, rec.seed, device, cache_dir, only=list(metrics))
     body = {"kind": KIND, "split": "val", "model": rec.model, "dataset": rec.dataset, "n_modalities": rec.n_modalities,
             "seed": rec.seed, "settings": settings, "trained": trained, "metrics": values, "timings": timings, "protocol_hash": p.hash,
@@ -306,8 +313,13 @@ def main(argv: list[str] | None = None) -> int:
                 if rec.model not in VARIANTS or not rec.ok:
                     continue
                 for point in grid_points(rec.model, grid):
-                    path = evaluate_on_validation(run, point, Path(args.out), cache, args.device)
-                    print(f"{rec.model} M={rec.n_modalities} seed={rec.seed} {settings_key(point)} -> {path}", flush=True)
+                    path = validation_folder(Path(args.out), rec, point) / VALIDATION
+                    # a grid point already evaluated is kept, so the step resumes after an interrupted session
+                    # and a later call adds only the new runs (the checkpoints may be gone by then)
+                    verb = "kept"
+                    if not path.exists():
+                        path, verb = evaluate_on_validation(run, point, Path(args.out), cache, args.device), "->"
+                    print(f"{rec.model} M={rec.n_modalities} seed={rec.seed} {settings_key(point)} {verb} {path}", flush=True)
                     done += 1
             if not done:
                 raise SelectionError(f"no finished runs of {', '.join(VARIANTS)} under {args.runs}")

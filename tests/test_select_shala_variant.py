@@ -108,6 +108,10 @@ def test_evaluate_step_writes_validation_records_per_grid_point(results, tmp_pat
                      "--grid", "post_weight=0.5"]) == 0  # a key shala-cond does not read is not applied
     recs = sel.read_validation_records(out)
     assert sorted(r["settings"]["guidance_scale"] for r in recs) == [1.0, 1.0, 2.0, 2.0]
+    # a second call keeps the records it finds (resume) and evaluates nothing again
+    before = {p: p.stat().st_mtime_ns for p in out.rglob(sel.VALIDATION)}
+    assert sel.main(["evaluate", "--runs", str(results), "--out", str(out), "--grid", "guidance_scale=1,2"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob(sel.VALIDATION)} == before
     assert all(set(r["settings"]) == {"guidance_scale"} for r in recs)
     # the trained settings are the recorded config's differences from the resolved defaults
     assert sorted(json.dumps(r["trained"]) for r in recs) == ['{"modality_dropout": 0.5}'] * 2 + ["{}"] * 2
