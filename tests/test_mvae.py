@@ -73,8 +73,9 @@ def test_the_schedule_is_in_the_state_dict_and_only_with_a_warmup():
     assert "kl_weight" not in build().train().loss(x)[1]
 
 
-def test_paper_profile_has_the_references_warmup_and_quick_none():
+def test_paper_profile_has_the_references_warmup_and_quick_the_validated_one():
     reg = get_registry()
     ds, mvae = reg.get_dataset("polymnist-synth"), reg.get_model("mvae")
     assert mvae.resolve(make_protocol(ds, "paper", {})).config.kl_warmup == 0.4
-    assert mvae.resolve(make_protocol(ds, "quick", {})).config.kl_warmup == 0.0
+    assert mvae.resolve(make_protocol(ds, "quick", {})).config.kl_warmup == 0.05
+    assert mvae.resolve(make_protocol(ds, "smoke", {})).config.kl_warmup == 0.0
