@@ -172,6 +172,15 @@ class ShaLaVAE(MultimodalVAE):
         # bound (shala-noprior, stage 1 alone, generates from N(0, I) and selects on the dataset's metric)
         return StageBudget(p.max_train_samples, p.lr, "loss" if len(self.stages) > 1 else "dataset")
 
+    def stage_share_key(self, stage):
+        # stage 1 is this class's networks (built first, so seeded alike) trained by this loss under these
+        # settings alone, whichever variant runs it: shala-cond and shala-post (both joint) train the same
+        # stage 1, so the trainer hands one run's finished stage 1 to the other
+        if stage != "vae":
+            return None
+        c = self.config
+        return f"shala stage 1: beta={c.beta!r}, embed_dim={c.embed_dim}, modality_dropout={c.modality_dropout!r}"
+
     def negative_bound(self, batch):
         mu, logvar = self.posterior(batch)
         return -self.elbo(batch, mu, logvar, 1.0)[0]

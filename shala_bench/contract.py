@@ -79,6 +79,19 @@ class MultimodalVAE(nn.Module):
     def begin_stage(self, stage: str) -> None:
         """Called before a stage trains (e.g. to freeze the stage-1 networks)."""
 
+    def stage_share_key(self, stage: str) -> str | None:
+        """What, besides the recipe, the seed and the stage's budget, decides how `stage` trains — for a stage
+        that other registered models train in exactly the same way (ShaLa's variants share stage 1). Equal keys
+        promise the same weights, so the trainer reuses a finished stage instead of training it again
+        (trainer.Trainer, `stage_cache`). None (the default): the stage is never shared."""
+        return None
+
+    def stage_state_keys(self, stage: str) -> list[str]:
+        """The state_dict entries `stage` changes (what a shared stage hands over): by default the names of
+        `stage_parameters(stage)`; a stage whose training also changes buffers must add them."""
+        own = {id(q) for q in self.stage_parameters(stage)}
+        return [n for n, q in self.named_parameters() if id(q) in own]
+
     def stage_budget(self, stage: str) -> StageBudget:
         """The budget of `stage`, read by the trainer (default: the protocol's shared one for "vae")."""
         if stage == "vae":

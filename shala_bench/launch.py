@@ -21,6 +21,8 @@ from shala_bench.results import (RunRecord, git_commit, hardware, now, package_v
                                  write_record)
 from shala_bench.trainer import BEST, NonFiniteLoss, Preempted, Trainer, write_progress
 
+STAGE_CACHE = "stage-cache"  # under a results folder: the shared stages its runs finished (trainer.StageCache)
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -39,6 +41,9 @@ class RunSpec:
     inception_weights: str | None = None  # local Inception file for FID (not part of the protocol)
     threads: int | None = None  # torch threads; None: leave torch's setting (the CLI passes default_threads())
     loggers: tuple[str, ...] = ()  # extra training loggers besides curves.csv: ("tensorboard",) (`--log`)
+    # reuse a stage another run of this results folder trained exactly as this one would (trainer.StageCache,
+    # under <results>/stage-cache); off: every stage trains (`run --no-share-stages`)
+    share_stages: bool = True
 
     def with_(self, **kw) -> "RunSpec":
         return dataclasses.replace(self, **kw)
@@ -194,7 +199,8 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunReco
     t_judges = time.perf_counter() - t0
     harness = [ProgressCallback(), CurvesCallback(), *make_loggers(spec.loggers)]
     trainer = Trainer(model, p, data.splits["train"], prep.dir, spec.seed, dev, progress=spec.progress,
-                      callbacks=[*harness, *callbacks], validator=validator, config_hash=prep.config.hash)
+                      callbacks=[*harness, *callbacks], validator=validator, config_hash=prep.config.hash,
+                      stage_cache=Path(spec.results) / STAGE_CACHE if spec.share_stages else None)
     try:
         state = trainer.fit(resume=spec.resume)
     except NonFiniteLoss as e:
@@ -223,6 +229,9 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunReco
     eval_s = time.perf_counter() - t1
     stages = {s: state.summaries[s] for s in model.stages}
     val_s = sum(state.val_seconds.values())
+    # the seconds of stages taken from another run (their summaries name it): counted in this cell's cost, as it
+    # would be alone, and once only in what a grid cost
+    reused_s = sum(state.seconds.get(s, 0.0) for s, v in stages.items() if v.get("reused_from"))
     record.train_samples = sum(int(v["samples"]) for v in stages.values())
     record.best_step = {s: v["best_step"] for s, v in stages.items()}
     record.train_flops = float(sum(v["train_flops"] for v in stages.values()))
@@ -236,6 +245,7 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunReco
         **{f"train_{s}_s": round(v, 3) for s, v in state.seconds.items()},
         "train_s": round(train_s, 3),
         "val_s": round(val_s, 3),  # validation during training, part of train_s
+        "reused_s": round(reused_s, 3),  # part of train_s: stages reused from another run, not trained here
         # training throughput: the samples the stages actually saw, over their time spent training (not validating)
         "train_samples_per_s": round(record.train_samples / (train_s - val_s), 1) if train_s - val_s > 0 else None,
         "eval_s": round(eval_s, 3),

@@ -139,7 +139,7 @@ def family_hash(protocol: dict, metric_versions: dict | None = None) -> str:
 META = ["dataset", "model", "entry", "config_hash", "config_short", "seed", "M", "profile", "protocol_version",
         "protocol_hash", "metric_versions", "family_hash", "run_id", "chance_level", "at_chance", "collapsed", "converged",
         "budget_stages", "selection", "config_json", "run_train_s", "run_eval_s", "run_train_samples",
-        "run_train_pflop", "run_train_h", "run_eval_h", "run_created", "run_wall_s", "stage_costs", "grids",
+        "run_train_pflop", "run_train_h", "run_eval_h", "run_created", "run_wall_s", "run_reused_s", "stage_costs", "grids",
         "run_device", "run_threads"]
 # Compute columns of a per-M table (shown when recorded; never ranked): frame column -> header.
 COMPUTE_COLUMNS = {"run_train_samples": "samples to convergence", "run_train_pflop": "train PFLOP",
@@ -238,7 +238,11 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
         row["run_train_s"], row["run_eval_s"] = (float(r.timings.get(k) or math.nan) for k in ("train_s", "eval_s"))
         row["run_train_h"], row["run_eval_h"] = row["run_train_s"] / 3600, row["run_eval_s"] / 3600
         row["run_created"] = r.created
-        row["run_wall_s"] = sum(float(r.timings.get(k) or 0.0) for k in ("data_s", "train_s", "eval_s"))
+        # a stage reused from another run (trainer.StageCache) is in this cell's training time, as it would cost
+        # alone, but this run did not spend it: not in its wall interval, and counted once in what the grid cost
+        row["run_reused_s"] = float(r.timings.get("reused_s") or 0.0)
+        row["run_wall_s"] = sum(float(r.timings.get(k) or 0.0) for k in ("data_s", "train_s", "eval_s")) \
+            - row["run_reused_s"]
         row["run_device"], row["run_threads"] = r.hardware.get("device", "?"), r.hardware.get("torch_threads", "?")
         row.update({k: float(v) for k, v in r.metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -853,8 +857,11 @@ def compute_line(fr: pd.DataFrame) -> str:
     on = ", ".join(f"{n} records on {d}, {t} torch thread{'' if t == 1 else 's'}" for (d, t), n in
                    fr.groupby(["run_device", "run_threads"], sort=True).size().items())
     busy = busy_wall_s(fr)
-    return (f"Compute, summed over the {len(fr)} records: {fr['run_train_s'].sum() / 3600:.1f} h of training and "
-            f"{fr['run_eval_s'].sum() / 3600:.1f} h of evaluation ({on})"
+    reused = fr["run_reused_s"].fillna(0).sum() if "run_reused_s" in fr else 0.0
+    shared = (f" (stages reused from another run, {reused / 3600:.1f} h, counted once: the per-cell `train h` "
+              "includes them)" if reused > 0 else "")
+    return (f"Compute, summed over the {len(fr)} records: {(fr['run_train_s'].sum() - reused) / 3600:.1f} h of "
+            f"training{shared} and {fr['run_eval_s'].sum() / 3600:.1f} h of evaluation ({on})"
             + (f"; wall time {busy / 3600:.1f} h — the union of the runs' intervals (each record's end less its "
                "data, training and evaluation seconds), so parallel workers overlap and the pauses between the "
                "pieces of a sweep are not counted" if busy else "") + ".")

@@ -15,9 +15,12 @@ are called at fixed points: on_fit_start, on_log, on_eval, on_stage_end, on_chec
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +66,16 @@ class TrainState:
     summaries: dict[str, dict] = field(default_factory=dict)  # per finished stage (Trainer._finish_stage)
     log_sums: dict[str, float] = field(default_factory=dict)  # loss terms summed since the last log row ...
     log_n: int = 0  # ... over this many steps (so a resumed run's first row averages what an uninterrupted one's does)
+    # the (hook, row) callback calls of `stage` so far, kept so a shared stage can replay them (StageCache);
+    # None when they are not all known (a checkpoint written before they were kept)
+    stage_rows: list | None = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"completed": list(self.completed), "stage": self.stage, "step": self.step,
                 "seconds": dict(self.seconds), "restarts": self.restarts, "val_seconds": dict(self.val_seconds),
                 "early": dict(self.early), "summaries": {k: dict(v) for k, v in self.summaries.items()},
-                "log_sums": dict(self.log_sums), "log_n": self.log_n}
+                "log_sums": dict(self.log_sums), "log_n": self.log_n,
+                "stage_rows": None if self.stage_rows is None else [[h, dict(r)] for h, r in self.stage_rows]}
 
     @classmethod
     def from_dict(cls, s: dict, restarts: int) -> "TrainState":
@@ -76,7 +83,8 @@ class TrainState:
         return cls(list(s["completed"]), s["stage"], int(s["step"]), dict(s["seconds"]), restarts,
                    dict(s.get("val_seconds", {})), dict(s.get("early", {})),
                    {k: dict(v) for k, v in s.get("summaries", {}).items()}, dict(s.get("log_sums", {})),
-                   int(s.get("log_n", 0)))
+                   int(s.get("log_n", 0)),
+                   None if s.get("stage_rows") is None else [(h, dict(r)) for h, r in s["stage_rows"]])
 
 
 def fresh_early_stopping() -> dict:
@@ -197,6 +205,38 @@ class BatchStream:
         return {m: to_float(v[idx]) for m, v in self.split.data.items()}
 
 
+class StageCache:
+    """Finished shared stages, one file per key in a folder (a results folder's `stage-cache/`): what a run
+    needs to skip a stage another run trained exactly as it would (MultimodalVAE.stage_share_key) — the stage's
+    weights, the RNG state at its end, its summary, seconds and callback rows. Written atomically; an entry
+    that cannot be read is a miss, and the stage trains."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @staticmethod
+    def key(**fields) -> str:
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    def get(self, key: str) -> dict | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return None
+        need = {"run", "weights", "rng", "summary", "seconds", "val_seconds", "rows"}
+        return entry if isinstance(entry, dict) and need <= set(entry) else None
+
+    def put(self, key: str, entry: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(entry, self.path(key))
+
+
 class Trainer:
     """Runs `model.stages` in order, each under `model.stage_budget(stage)`: at most max_samples training
     samples, validated every `eval_every` samples (rounded to whole steps) and at the stage's end by
@@ -208,8 +248,9 @@ class Trainer:
 
     def __init__(self, model: MultimodalVAE, protocol: Protocol, train: Split, run_dir: Path, seed: int,
                  device="cpu", progress: bool = True, callbacks=(), validator=None,
-                 config_hash: str | None = None):
+                 config_hash: str | None = None, stage_cache: Path | None = None):
         self.model, self.protocol, self.train = model, protocol, train
+        self.stage_cache = StageCache(stage_cache) if stage_cache is not None else None
         cfg = getattr(model, "config", None)
         self.config_hash = config_hash if config_hash is not None else (cfg.hash if cfg is not None else "")
         self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
@@ -285,6 +326,77 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
+    def _emit(self, hook: str, row: dict) -> None:
+        """on_log / on_eval, the row also kept in the state for a shared stage's replay."""
+        if self.state.stage_rows is not None:
+            self.state.stage_rows.append((hook, dict(row)))
+        self._call(hook, row)
+
+    # ------------------------------------------------------------ shared stages
+    def share_key(self, stage_index: int, stage: str) -> str | None:
+        """The cache key of a stage the model says it shares (MultimodalVAE.stage_share_key), or None."""
+        if self.stage_cache is None:
+            return None
+        key = self.model.stage_share_key(stage)
+        if key is None:
+            return None
+        return StageCache.key(model_key=key, stage=stage, stage_index=stage_index, protocol=self.protocol.hash,
+                              seed=self.seed, budget=dataclasses.asdict(self.model.stage_budget(stage)),
+                              batch_size=self.batch_size, device=self.device.type, torch=torch.__version__)
+
+    def _reuse_stage(self, stage_index: int, stage: str) -> bool:
+        """Take `stage` from the cache when another run finished it under the same key: its weights, the RNG
+        state at its end, its summary and seconds, and a replay of its callback calls (curves, progress), so
+        the run goes on exactly as if it had trained the stage itself. False when there is nothing to reuse."""
+        key = self.share_key(stage_index, stage)
+        entry = self.stage_cache.get(key) if key is not None else None
+        if entry is None:
+            return False
+        own, names = self.model.state_dict(), self.model.stage_state_keys(stage)
+        weights = entry["weights"]
+        if set(weights) != set(names) or any(tuple(weights[n].shape) != tuple(own[n].shape) for n in names):
+            return False  # the stage's networks changed shape since the entry was written: train it
+        with torch.no_grad():
+            for n in names:
+                own[n].copy_(weights[n])
+        torch.set_rng_state(entry["rng"]["torch"])
+        if "cuda" in entry["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(entry["rng"]["cuda"], self.device)
+        summary = {**entry["summary"], "reused_from": entry["run"]}
+        self.stage_index = stage_index
+        self.stage_steps = max(1, self.model.stage_budget(stage).max_samples // self.batch_size)
+        self.state.stage, self.state.step, self.state.stage_rows = stage, int(summary["steps"]), None
+        for hook, row in entry["rows"]:
+            self._call(hook, row)
+        self.state.seconds[stage] = float(entry["seconds"])
+        self.state.val_seconds[stage] = float(entry["val_seconds"])
+        self.state.summaries[stage] = summary
+        self.state.completed.append(stage)
+        self.state.log_sums, self.state.log_n = {}, 0
+        if self.progress:
+            print(f"shala-bench: stage {stage} reused from run {entry['run']} (the same stage, seed and recipe; "
+                  f"{summary['samples']} samples, {entry['seconds']:.0f} s when it trained)", file=sys.stderr, flush=True)
+        self._call("on_stage_end", stage, summary)
+        self.save(self.checkpoint_path, self.best_path)
+        self._call("on_checkpoint")
+        return True
+
+    def _share_stage(self, stage_index: int, stage: str) -> None:
+        """Put a finished stage in the cache, when the model shares it and all its callback rows are known."""
+        key = self.share_key(stage_index, stage)
+        if key is None or self.state.stage_rows is None:
+            return
+        own = self.model.state_dict()
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        self.stage_cache.put(key, {
+            "run": self.run_dir.name, "stage": stage, "seed": self.seed, "protocol_hash": self.protocol.hash,
+            "weights": {n: own[n].detach().cpu().clone() for n in self.model.stage_state_keys(stage)},
+            "rng": rng, "summary": dict(self.state.summaries[stage]),
+            "seconds": self.state.seconds.get(stage, 0.0), "val_seconds": self.state.val_seconds.get(stage, 0.0),
+            "rows": [[h, r] for h, r in self.state.stage_rows]})
+
     # ------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> TrainState:
         torch.manual_seed(self.seed)
@@ -296,7 +408,7 @@ class Trainer:
         self.model.to(self.device)
         self._call("on_fit_start")
         for i, stage in enumerate(self.model.stages):
-            if stage in self.state.completed:
+            if stage in self.state.completed or self._reuse_stage(i, stage):
                 continue
             self._run_stage(i, stage)
         self._call("on_fit_end")
@@ -320,6 +432,7 @@ class Trainer:
             self.state.early = self.state.early or fresh_early_stopping()  # older checkpoints have none
         else:
             self.state.early = fresh_early_stopping()
+            self.state.stage_rows = []
         self._pending_optimizer = None
         self.state.stage, self.state.step = stage, start
         stream = BatchStream(self.train, p.batch_size, self.seed, stage_index, self.device)
@@ -377,7 +490,7 @@ class Trainer:
                            "samples_per_s": round(n_timed * bs / elapsed, 3) if elapsed > 0 else None}
                     sums, n_summed, n_timed, t_log, val_at_log = {}, 0, 0, now_t, self._val_s
                     bar.set_postfix(loss=f"{row['loss']:.1f}", refresh=False)
-                    self._call("on_log", row)
+                    self._emit("on_log", row)
                 plateau = self._evaluate(stage, budget.selection, p) if is_eval else False
                 bar.update(1)
                 end = last or plateau
@@ -392,6 +505,7 @@ class Trainer:
                                                      flops_per_step or 0.0)
                         self._call("on_stage_end", stage, summary)
                         self.save(self.checkpoint_path, self.best_path)
+                        self._share_stage(stage_index, stage)
                     else:
                         self.save()
                     self._call("on_checkpoint")
@@ -438,7 +552,7 @@ class Trainer:
             self.save(self.best_path)
         else:
             e["since_best"] += 1
-        self._call("on_eval", {"stage": stage, "step": self.state.step, "samples": self.samples_seen, **vals})
+        self._emit("on_eval", {"stage": stage, "step": self.state.step, "samples": self.samples_seen, **vals})
         return p.patience > 0 and e["since_best"] >= p.patience and not self._at_chance(selection)
 
     def _min_gain(self, selection: str, best: float) -> float:

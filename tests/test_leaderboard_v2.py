@@ -156,6 +156,20 @@ def test_the_per_M_table_shows_each_cells_measured_hours_and_the_page_the_busy_w
     assert lb.busy_wall_s(lb.records_frame([v2rec("mvae", 0, _m(0.4, 4.0))])) == 0.0  # no timings: not said
 
 
+def test_a_stage_reused_from_another_run_is_in_the_cells_hours_and_counted_once_in_the_grids():
+    # shala-post trained stage 1 (1 h) and its prior; shala-cond took that stage 1 and trained its prior (0.5 h)
+    post, cond = v2rec("shala-post", 0, _m(0.4, 4.0)), v2rec("shala-cond", 0, _m(0.4, 4.0))
+    post.created, post.timings = "2026-12-01T01:30:00+00:00", {"train_s": 5400.0, "eval_s": 0.0}
+    cond.created, cond.timings = "2026-12-01T02:00:00+00:00", {"train_s": 5400.0, "eval_s": 0.0, "reused_s": 3600.0}
+    fr = lb.records_frame([post, cond])
+    line = lb.compute_line(fr)
+    assert line.startswith("Compute, summed over the 2 records: 2.0 h of training (stages reused from another "
+                           "run, 1.0 h, counted once")
+    assert lb.busy_wall_s(fr) == pytest.approx(5400 + 1800)  # cond ran 01:30-02:00, after post
+    (t,) = lb.compare_tables([post, cond], metrics=METRICS)
+    assert _row(lb.table_markdown(t), "shala-cond")[-1] == "1.50"  # the cell's cost alone: stage 1 included
+
+
 # ----------------------------------------------------------------- config identity
 def test_rows_of_one_model_under_different_configs_are_separate_and_ranked_together(tmp_path):
     a, b = {"beta": 1.0, "K": 1}, {"beta": 2.5, "K": 1}

@@ -55,6 +55,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint if it has one")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-share-stages", action="store_true",
+                   help="train every stage, even one another run in --results finished exactly as this run would "
+                        "(by default such a stage, e.g. the stage 1 shala-cond and shala-post share, is reused from "
+                        "<results>/stage-cache, and its record names the run it came from)")
     add_threads_arg(p, "the usable CPUs (os.sched_getaffinity) that other processes are not busy on")
     add_log_arg(p)
     p.add_argument("--inception-weights", metavar="PATH", default=None,
@@ -76,6 +80,7 @@ def cmd_run(args) -> int:
                    overrides=tuple(overrides.items()), results=args.results,
                    resume=args.resume, device=args.device, progress=not args.no_progress,
                    inception_weights=args.inception_weights, loggers=loggers_arg(args),
+                   share_stages=not args.no_share_stages,
                    threads=threads_arg(args) or (default_threads(1) if args.executor == "inline" else None))
     if args.executor != "inline":
         return run_elsewhere(args, spec)
