@@ -30,15 +30,15 @@ Two steps. Test-split numbers are never read by either.
      every M: joint coherence κ (`coherence_joint_kappa`) at least the incumbent's minus
      --max-kappa-drop (0.05), and in-domain FD (`fd_mean`) at most --max-fd-ratio (1.25) times the
      incumbent's. A candidate without those metrics is out.
-   - a candidate is (variant, trained settings, evaluation setting); each variant keeps its best
+   - a candidate is (variant, training recipe, trained settings, evaluation setting); each variant keeps its best
      candidate that passes the guard rails; the winner is the variant
      with the highest score; a tie (within --min-gain, default 0) keeps the incumbent.
    The decision names the variant and its setting: set `SHALA_VARIANT` in plugins/shala.py and
    that setting as the variant's default, and say both in the `shala` card.
 
 A validation record (`validation.json`) is one JSON object: kind "shala-validation", split "val",
-model, n_modalities, seed, settings (the grid point), trained (the run's trained settings that differ
-from its profile's: recipe settings that differ from the profile's recipe, and fields of the recorded model
+model, n_modalities, seed, settings (the grid point), recipe (the run's trained recipe settings but
+n_modalities: candidates never mix recipes), trained (the run's trained settings that differ from its profile's: recipe settings that differ from the profile's recipe, and fields of the recorded model
 config that differ from the model's resolved defaults under the run's recipe; runs of one variant with
 different trained settings are different candidates), metrics, protocol_hash (of the evaluation recipe),
 config and config_hash (the model config it was evaluated with), timings, source_run (the training run's
@@ -85,6 +85,7 @@ class Candidate:
     settings: dict  # the evaluation grid point
     trained: dict  # the runs' trained settings that differ from the profile's (e.g. shala-cond's modality_dropout)
     per_m: dict  # M -> {"score", "kappa", "fd", "seeds"}
+    recipe: dict = dataclasses.field(default_factory=dict)  # the runs' whole trained recipe (but n_modalities)
     score: float | None = None
     eligible: bool = True
     reason: str = ""
@@ -116,16 +117,23 @@ def mean(xs):
 
 
 def candidates(records: list[dict], ms: tuple[int, ...]) -> list[Candidate]:
-    groups: dict[tuple[str, str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    # runs of one variant trained under other recipes are other candidates: keyed on the whole trained recipe
+    # (`recipe`), since `trained` is relative to the profile when the record was written, and a profile changes
+    groups: dict[tuple[str, str, str, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r["model"] in VARIANTS:
-            key = (r["model"], settings_key(r.get("trained", {})), settings_key(r.get("settings", {})))
+            if "recipe" not in r:
+                raise SelectionError(f"a validation record of {r['model']} (M = {r['n_modalities']}, seed {r['seed']}) "
+                                     "does not name its training recipe (`recipe`): it was written before records did; "
+                                     "evaluate its run again")
+            key = (r["model"], settings_key(r["recipe"]), settings_key(r.get("trained", {})),
+                   settings_key(r.get("settings", {})))
             groups[key][int(r["n_modalities"])].append(r["metrics"])
     out = []
-    for (model, tkey, skey), by_m in sorted(groups.items()):
+    for (model, rkey, tkey, skey), by_m in sorted(groups.items()):
         per_m = {M: {"score": mean([m.get(SCORE) for m in mets]), "kappa": mean([m.get(KAPPA) for m in mets]),
                      "fd": mean([m.get(FD) for m in mets]), "seeds": len(mets)} for M, mets in sorted(by_m.items())}
-        c = Candidate(model, json.loads(skey), json.loads(tkey), per_m)
+        c = Candidate(model, json.loads(skey), json.loads(tkey), per_m, recipe=json.loads(rkey))
         missing = [M for M in ms if M not in per_m or per_m[M]["score"] is None]
         if missing:
             c.eligible, c.reason = False, f"no validation {SCORE} at M = {', '.join(map(str, missing))}"
@@ -167,28 +175,35 @@ def select(records: list[dict], ms: tuple[int, ...] = (2, 5, 8), max_kappa_drop:
     for model, c in sorted(best.items()):
         if c.score > winner.score + min_gain:
             winner = c
-    return {"variant": winner.model, "settings": winner.settings, "trained": winner.trained, "score": winner.score,
+    return {"variant": winner.model, "settings": winner.settings, "trained": winner.trained, "recipe": winner.recipe,
+            "score": winner.score,
             "ms": list(ms), "incumbent": {"settings": ref.settings, "trained": ref.trained, "score": ref.score},
             "rule": {"score": f"mean over M of {SCORE}", "max_kappa_drop": max_kappa_drop, "max_fd_ratio": max_fd_ratio,
                      "min_gain": min_gain},
-            "candidates": [{"model": c.model, "settings": c.settings, "trained": c.trained, "score": c.score, "eligible": c.eligible,
+            "candidates": [{"model": c.model, "settings": c.settings, "trained": c.trained, "recipe": c.recipe,
+                            "score": c.score, "eligible": c.eligible,
                             "best_of_variant": best.get(c.model) is c, "reason": c.reason,
                             "per_m": {str(M): v for M, v in c.per_m.items()}} for c in cands]}
 
 
 def table(decision: dict) -> str:
     ms = decision["ms"]
-    lines = ["| variant | settings | score | " + " | ".join(f"k1/κ/FD M={M}" for M in ms) + " | |",
-             "|---|---|---|" + "---|" * len(ms) + "---|"]
+    # the recipe column names the recipe settings in which the candidates' recipes differ ("–": all alike)
+    recipes = [c["recipe"] for c in decision["candidates"]]
+    varying = sorted({k for r in recipes for k in r if any(o.get(k) != r.get(k) for o in recipes)})
+    lines = ["| variant | recipe | settings | score | " + " | ".join(f"k1/κ/FD M={M}" for M in ms) + " | |",
+             "|---|---|---|---|" + "---|" * len(ms) + "---|"]
     fmt = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731
     for c in decision["candidates"]:
         cells = [f"{fmt(c['per_m'].get(str(M), {}).get('score'))}/{fmt(c['per_m'].get(str(M), {}).get('kappa'))}/"
                  f"{fmt(c['per_m'].get(str(M), {}).get('fd'))}" for M in ms]
-        chosen = (c["model"], c["settings"], c["trained"]) == (decision["variant"], decision["settings"], decision["trained"])
+        chosen = ((c["model"], c["settings"], c["trained"], c["recipe"])
+                  == (decision["variant"], decision["settings"], decision["trained"], decision["recipe"]))
         mark = "**chosen**" if chosen else (
             c["reason"] or ("best of variant" if c["best_of_variant"] else ""))
         shown = settings_key({**c["trained"], **c["settings"]})
-        lines.append(f"| {c['model']} | {shown} | {fmt(c['score'])} | " + " | ".join(cells) + f" | {mark} |")
+        recipe = ", ".join(f"{k}={c['recipe'].get(k)}" for k in varying) or "–"
+        lines.append(f"| {c['model']} | {recipe} | {shown} | {fmt(c['score'])} | " + " | ".join(cells) + f" | {mark} |")
     return "\n".join(lines)
 
 
@@ -239,6 +254,13 @@ def validation_folder(out: Path, rec, settings: dict) -> Path:
     return Path(out) / rec.dataset / rec.model / rec.run_id / tag
 
 
+def recipe_of(protocol: dict) -> dict:
+    """The recipe a run was trained under, the same at every M: its trained settings but n_modalities."""
+    from shala_bench.protocol import trained_fields
+
+    return {k: v for k, v in trained_fields(protocol).items() if k != "n_modalities"}
+
+
 def evaluate_on_validation(run: Path, settings: dict, out: Path, cache_dir: Path, device: str = "cpu",
                            metrics: tuple[str, ...] = METRICS) -> Path:
     """One validation record for a finished training run under evaluation `settings`; returns its path."""
@@ -276,7 +298,8 @@ def evaluate_on_validation(run: Path, settings: dict, out: Path, cache_dir: Path
     folder = validation_folder(out, rec, settings)
     values, timings, _ = evaluate(model, p, validation_view(data), folder, rec.seed, device, cache_dir, only=list(metrics))
     body = {"kind": KIND, "split": "val", "model": rec.model, "dataset": rec.dataset, "n_modalities": rec.n_modalities,
-            "seed": rec.seed, "settings": settings, "trained": trained, "metrics": values, "timings": timings, "protocol_hash": p.hash,
+            "seed": rec.seed, "settings": settings, "trained": trained, "recipe": recipe_of(rec.protocol),
+            "metrics": values, "timings": timings, "protocol_hash": p.hash,
             "config": cfg.to_dict(), "config_hash": cfg.hash,
             "source_run": str(Path(run).resolve()), "created": now()}
     atomic_write_text(folder / VALIDATION, json.dumps(body, indent=2, sort_keys=True) + "\n")

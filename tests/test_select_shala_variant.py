@@ -19,15 +19,16 @@ _spec.loader.exec_module(sel)
 
 
 def write(folder: Path, model: str, settings: dict, by_m: dict, split: str = "val", seeds=(0, 1),
-          trained: dict | None = None) -> None:
+          trained: dict | None = None, recipe: dict | None = None) -> None:
     """Validation records: by_m = {M: (k1, kappa, fd)}; two seeds around each value (mean = the value)."""
     for M, (k1, kappa, fd) in by_m.items():
         for j, seed in enumerate(seeds):
             d = 0.01 * (1 if j else -1)
             rec = {"kind": sel.KIND, "split": split, "model": model, "n_modalities": M, "seed": seed,
-                   "settings": settings, "trained": trained or {}, "metrics": {sel.SCORE: k1 + d, sel.KAPPA: kappa - d, sel.FD: fd + d,
+                   "settings": settings, "trained": trained or {}, "recipe": recipe or {"max_train_samples": 100},
+                   "metrics": {sel.SCORE: k1 + d, sel.KAPPA: kappa - d, sel.FD: fd + d,
                                                       "coherence_cond_k4": 0.99}}
-            tag = json.dumps({**(trained or {}), **settings}, sort_keys=True).replace('"', "")
+            tag = json.dumps({**(recipe or {}), **(trained or {}), **settings}, sort_keys=True).replace('"', "")
             path = folder / model / tag / f"M{M}-s{seed}" / sel.VALIDATION
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rec))
@@ -135,3 +136,25 @@ def test_grid_keys_are_the_variants_evaluation_settings():
     for bad in ("beta=1", "modality_dropout=0.5", "eval_n=10", "shala_post_weight=1", "post_langevin=0.5"):
         with pytest.raises(sel.SelectionError, match="--grid"):
             sel.parse_grid([bad])
+
+
+def test_runs_trained_under_another_recipe_are_other_candidates(tmp_path):
+    """`trained` is relative to the profile when a record was written; a record written before the profile's cap
+    was raised says {} like one after it. Its whole recipe keeps the two apart."""
+    fixture(tmp_path)
+    write(tmp_path, "shala-cond", {"guidance_scale": 1.0}, {M: (0.90, 0.50, 10.0) for M in (5,)},
+          recipe={"max_train_samples": 50})  # an older, shorter recipe at M = 5 only
+    d = sel.select(sel.read_validation_records(tmp_path), ALL, 0.05, 1.25, 0.0)
+    old = [c for c in d["candidates"] if c["model"] == "shala-cond" and c["score"] is None]
+    assert old and all(c["eligible"] is False for c in old)  # no M = 2 or 8 under its recipe: out, not merged
+    assert d["score"] == pytest.approx(0.60)
+
+
+def test_a_record_without_its_recipe_is_refused(tmp_path):
+    fixture(tmp_path)
+    path = next(tmp_path.rglob(sel.VALIDATION))
+    rec = json.loads(path.read_text())
+    del rec["recipe"]
+    path.write_text(json.dumps(rec))
+    with pytest.raises(sel.SelectionError, match="does not name its training recipe"):
+        sel.select(sel.read_validation_records(tmp_path), ALL, 0.05, 1.25, 0.0)
