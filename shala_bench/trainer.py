@@ -279,10 +279,19 @@ class Trainer:
         done = sum(int(self.state.summaries.get(s, {}).get("samples", 0)) for s in self.state.completed)
         return done + (self.state.step * self.batch_size if self.state.stage not in self.state.completed else 0)
 
-    def _checkpoint(self) -> dict:
+    def _rng_state(self) -> dict:
+        """The global RNG state the model's noise comes from (torch's, and the device's on CUDA)."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def _set_rng_state(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _checkpoint(self) -> dict:
         return {
             "protocol_hash": self.protocol.hash,
             "config_hash": self.config_hash,
@@ -290,7 +299,7 @@ class Trainer:
             "state": self.state.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
-            "rng": rng,
+            "rng": self._rng_state(),
         }
 
     def save(self, *paths: Path) -> None:
@@ -317,9 +326,7 @@ class Trainer:
                                   f"{RESTART_HINT}") from None
         self.state = TrainState.from_dict(ck["state"], int(ck["state"]["restarts"]) + 1)
         self._pending_optimizer = ck["optimizer"]
-        torch.set_rng_state(ck["rng"]["torch"])
-        if "cuda" in ck["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], self.device)
+        self._set_rng_state(ck["rng"])
         return True
 
     def _call(self, hook: str, *args) -> None:
@@ -359,9 +366,7 @@ class Trainer:
         with torch.no_grad():
             for n in names:
                 own[n].copy_(weights[n])
-        torch.set_rng_state(entry["rng"]["torch"])
-        if "cuda" in entry["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(entry["rng"]["cuda"], self.device)
+        self._set_rng_state(entry["rng"])
         summary = {**entry["summary"], "reused_from": entry["run"]}
         self.stage_index = stage_index
         self.stage_steps = max(1, self.model.stage_budget(stage).max_samples // self.batch_size)
@@ -387,13 +392,10 @@ class Trainer:
         if key is None or self.state.stage_rows is None:
             return
         own = self.model.state_dict()
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         self.stage_cache.put(key, {
             "run": self.run_dir.name, "stage": stage, "seed": self.seed, "protocol_hash": self.protocol.hash,
             "weights": {n: own[n].detach().cpu().clone() for n in self.model.stage_state_keys(stage)},
-            "rng": rng, "summary": dict(self.state.summaries[stage]),
+            "rng": self._rng_state(), "summary": dict(self.state.summaries[stage]),
             "seconds": self.state.seconds.get(stage, 0.0), "val_seconds": self.state.val_seconds.get(stage, 0.0),
             "rows": [[h, r] for h, r in self.state.stage_rows]})
 
