@@ -291,14 +291,15 @@ def evaluate_on_validation(run: Path, settings: dict, out: Path, cache_dir: Path
     # trained settings that differ from the profile's: the recipe's, then the model config's (against its
     # defaults resolved under the run's recipe, so an inherited value that follows the recipe is not counted twice)
     base = trained_fields(make_protocol(ds, rec.profile, {"n_modalities": rec.n_modalities}).to_dict())
-    trained = {k: v for k, v in trained_fields(rec.protocol).items() if base.get(k) != v}
+    recipe = recipe_of(rec.protocol)
+    trained = {k: v for k, v in recipe.items() if base.get(k) != v}
     defaults = entry.resolve(p).config.to_dict()
     trained.update({(k if k not in trained else f"{rec.model}.{k}"): v for k, v in recorded.items()
                     if defaults.get(k) != v})
     folder = validation_folder(out, rec, settings)
     values, timings, _ = evaluate(model, p, validation_view(data), folder, rec.seed, device, cache_dir, only=list(metrics))
     body = {"kind": KIND, "split": "val", "model": rec.model, "dataset": rec.dataset, "n_modalities": rec.n_modalities,
-            "seed": rec.seed, "settings": settings, "trained": trained, "recipe": recipe_of(rec.protocol),
+            "seed": rec.seed, "settings": settings, "trained": trained, "recipe": recipe,
             "metrics": values, "timings": timings, "protocol_hash": p.hash,
             "config": cfg.to_dict(), "config_hash": cfg.hash,
             "source_run": str(Path(run).resolve()), "created": now()}
