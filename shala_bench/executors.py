@@ -46,8 +46,9 @@ from shala_bench.cluster import ClusterError, ClusterProfile
 from shala_bench.errors import ShalaBenchError
 from shala_bench.executor_names import EXECUTORS
 from shala_bench.launch import RunSpec
+from shala_bench.processes import pid_alive
 from shala_bench.results import atomic_write_text, now
-from shala_bench.trainer import Callback
+from shala_bench.trainer import Callback, StageCache
 
 CELLS = "cells"  # <sweep>/cells/<index>.json: what the task last said about itself
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # local tasks have no scheduler time limit worth the name
@@ -66,6 +67,9 @@ class Cell:
     spec: RunSpec
     sweep_dir: str | None = None  # where the task reports its state; None for a lone inline run
     threads: int | None = None  # torch threads; None: the job's CPUs (SLURM_CPUS_PER_TASK) or torch's default
+    # return "deferred" instead of training a shared stage another process is training (LocalExecutor holds the
+    # cell back); off where a task cannot be held back (an array task, an inline run)
+    defer_shared: bool = False
 
 
 def cell_state_path(sweep_dir: str | Path, index: int) -> Path:
@@ -144,7 +148,7 @@ class CellTask(submitit.helpers.Checkpointable):
 
     def __call__(self, cell: Cell) -> dict:
         from shala_bench.launch import prepare, run_one
-        from shala_bench.trainer import Preempted
+        from shala_bench.trainer import Preempted, StageBusy
 
         threads = set_threads(cell.threads)
         self._install_preemption_handler()
@@ -152,7 +156,11 @@ class CellTask(submitit.helpers.Checkpointable):
         self._report(cell, state="running", job=job, host=socket.gethostname(), pid=os.getpid(), threads=threads,
                      started=now(), resume=cell.spec.resume)
         try:
-            record = run_one(cell.spec, callbacks=[PreemptionCallback(self)])
+            record = run_one(cell.spec.with_(defer_shared_stages=cell.defer_shared), callbacks=[PreemptionCallback(self)])
+        except StageBusy as e:  # another cell is training a stage this one shares: the launcher starts it later
+            self._report(cell, state="deferred", job=job, waits_for=e.claim.get("run"), stage=e.stage)
+            return {"status": "deferred", "record": None, "restarts": 0, "waits_for": e.claim.get("run"),
+                    "stage": e.stage, "claim": str(e.claim_path)}
         except Preempted:
             self._report(cell, state="requeued", job=job)
             self._hand_over()  # submitit: checkpoint() -> requeue -> exit; returns only if it would not requeue
@@ -262,7 +270,8 @@ class Submission:
         return cls(**d)
 
 
-Progress = Callable[[Cell, str, dict], None]  # (cell, event, info): "started" {job} | "finished" {status, error, log}
+# (cell, event, info): "started" {job} | "finished" {status, error, log} | "deferred" {waits_for, stage, claim}
+Progress = Callable[[Cell, str, dict], None]
 
 
 class Executor(ABC):
@@ -330,6 +339,8 @@ def _job_outcome(job, cell: Cell) -> dict:
     """status/error of a finished submitit job: its result, or the task's own report of its error."""
     try:
         out = job.result()
+        if out["status"] == "deferred":
+            return {**out, "error": None}
         return {"status": out["status"], "error": None if out["status"] == "ok" else out["status"]}
     except Exception as e:  # FailedJobError carries the task's traceback as text
         reported = read_cell_state(cell.sweep_dir, cell.index).get("error") if cell.sweep_dir else None
@@ -338,9 +349,15 @@ def _job_outcome(job, cell: Cell) -> dict:
 
 
 class LocalExecutor(Executor):
-    """At most `workers` task processes at once (submitit LocalExecutor), launched from the foreground."""
+    """At most `workers` task processes at once (submitit LocalExecutor), launched from the foreground.
+
+    A cell whose shared stage (trainer.StageCache) another process is training is held back rather than trained
+    twice: its task returns "deferred", and the cell goes to the end of the queue until that stage's claim is
+    no longer live (the stage filed, or its run ended), or DEFER_RECHECK_S have passed; other cells run
+    meanwhile. (Waiting costs no wall time: the held cell would have finished the stage no sooner itself.)"""
 
     kind = "local"
+    DEFER_RECHECK_S = 600.0
 
     def __init__(self, workers: int | None = None, poll_s: float = 0.2, threads: int | None = None):
         cores = usable_cpus()
@@ -353,8 +370,16 @@ class LocalExecutor(Executor):
         ex.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, signal_delay_s=30)
         sub = Submission("local", [c.index for c in cells], {}, str(log_folder), now(),
                          launcher={"pid": os.getpid(), "host": socket.gethostname()})
-        queue = [dataclasses.replace(c, threads=c.threads or self.threads) for c in cells]
+        queue = [dataclasses.replace(c, threads=c.threads or self.threads, defer_shared=True) for c in cells]
+        held: dict[int, tuple[str, float]] = {}  # deferred cell -> (the claim it waits on, when it was deferred)
         running: dict[int, tuple[Cell, object]] = {}
+
+        def ready(cell: Cell) -> bool:
+            if cell.index not in held:
+                return True
+            claim, since = Path(held[cell.index][0]), held[cell.index][1]
+            live = StageCache(claim.parent).claimant(claim.stem) is not None
+            return not live or time.time() - since > self.DEFER_RECHECK_S
 
         def stop(signum, frame):
             raise SweepCancelled(f"local sweep stopped by signal {signal.Signals(signum).name}")
@@ -364,8 +389,9 @@ class LocalExecutor(Executor):
             if on_update:
                 on_update(sub)
             while queue or running:
-                while queue and len(running) < self.workers:
-                    cell = queue.pop(0)
+                while len(running) < self.workers and any(ready(c) for c in queue):
+                    cell = queue.pop(next(k for k, c in enumerate(queue) if ready(c)))
+                    held.pop(cell.index, None)
                     job = ex.submit(task or CellTask(), cell)
                     running[cell.index] = (cell, job)
                     sub.jobs[cell.index] = str(job.job_id)
@@ -376,8 +402,14 @@ class LocalExecutor(Executor):
                 for index, (cell, job) in list(running.items()):
                     if job.done():
                         del running[index]
-                        if progress:
-                            progress(cell, "finished", {**_job_outcome(job, cell), "log": self.log_path(sub, index)})
+                        outcome = _job_outcome(job, cell)
+                        if outcome["status"] == "deferred":
+                            held[index] = (outcome["claim"], time.time())
+                            queue.append(cell)
+                            if progress:
+                                progress(cell, "deferred", outcome)
+                        elif progress:
+                            progress(cell, "finished", {**outcome, "log": self.log_path(sub, index)})
                 time.sleep(self.poll_s)
         except BaseException:
             for cell, job in running.values():
@@ -420,21 +452,6 @@ def _wait_process(job, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) counts as finished
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -444,7 +461,7 @@ def _cmdline(pid: int) -> str:
 
 def _is_local_job(pid: int) -> bool:
     # guard against a recycled pid: a local job's controller runs submitit.local._local
-    return _pid_alive(pid) and "submitit" in _cmdline(pid)
+    return pid_alive(pid) and "submitit" in _cmdline(pid)
 
 
 def _launcher_alive(launcher: dict | None) -> bool:
@@ -452,7 +469,7 @@ def _launcher_alive(launcher: dict | None) -> bool:
         return False
     pid = int(launcher["pid"])
     # guard against a recycled pid: the launcher is a Python process
-    return _pid_alive(pid) and ("python" in _cmdline(pid).lower() or "shala-bench" in _cmdline(pid))
+    return pid_alive(pid) and ("python" in _cmdline(pid).lower() or "shala-bench" in _cmdline(pid))
 
 
 # SLURM job states -> ours (https://slurm.schedmd.com/squeue.html#SECTION_JOB-STATE-CODES)

@@ -19,7 +19,7 @@ from shala_bench.errors import ProtocolError, ShalaBenchError
 from shala_bench.protocol import make_protocol
 from shala_bench.results import (RunRecord, git_commit, hardware, now, package_versions, run_dir, run_id,
                                  write_record)
-from shala_bench.trainer import BEST, NonFiniteLoss, Preempted, Trainer, write_progress
+from shala_bench.trainer import BEST, NonFiniteLoss, Preempted, StageBusy, Trainer, write_progress
 
 STAGE_CACHE = "stage-cache"  # under a results folder: the shared stages its runs finished (trainer.StageCache)
 
@@ -44,6 +44,9 @@ class RunSpec:
     # reuse a stage another run of this results folder trained exactly as this one would (trainer.StageCache,
     # under <results>/stage-cache); off: every stage trains (`run --no-share-stages`)
     share_stages: bool = True
+    # a shared stage another live process is training now: raise trainer.StageBusy instead of training it too
+    # (the local executor sets it and starts the cell again once the stage is filed)
+    defer_shared_stages: bool = False
 
     def with_(self, **kw) -> "RunSpec":
         return dataclasses.replace(self, **kw)
@@ -142,6 +145,9 @@ def run_one(spec: RunSpec, registry=None, callbacks=()) -> RunRecord:
         return _run_prepared(prep, spec, registry, callbacks)
     except Preempted:
         raise  # requeued: progress.json keeps the step the checkpoint has
+    except StageBusy as e:
+        write_progress(prep.dir, stage="deferred", reason=str(e))
+        raise
     except (Exception, KeyboardInterrupt) as e:
         if prep.dir.exists():  # bad input found before anything was written leaves nothing behind
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
@@ -200,7 +206,8 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunReco
     harness = [ProgressCallback(), CurvesCallback(), *make_loggers(spec.loggers)]
     trainer = Trainer(model, p, data.splits["train"], prep.dir, spec.seed, dev, progress=spec.progress,
                       callbacks=[*harness, *callbacks], validator=validator, config_hash=prep.config.hash,
-                      stage_cache=Path(spec.results) / STAGE_CACHE if spec.share_stages else None)
+                      stage_cache=Path(spec.results) / STAGE_CACHE if spec.share_stages else None,
+                      defer_shared=spec.defer_shared_stages)
     try:
         state = trainer.fit(resume=spec.resume)
     except NonFiniteLoss as e:
@@ -209,7 +216,7 @@ def _run_prepared(prep: Prepared, spec: RunSpec, registry, callbacks) -> RunReco
         write_record(record, prep.dir)
         write_progress(prep.dir, stage="failed", reason=record.status.removeprefix("failed: "))
         return record
-    except (Preempted, ShalaBenchError, KeyboardInterrupt):
+    except (Preempted, StageBusy, ShalaBenchError, KeyboardInterrupt):
         raise
     except Exception as e:
         _record_failure(record, trainer, prep.dir, "", e)

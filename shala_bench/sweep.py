@@ -305,6 +305,9 @@ def launch(m: Manifest, executor: Executor, indices: list[int], prebuild: bool =
     def progress(cell: Cell, event: str, info: dict) -> None:
         if event == "started":
             say(f"  started   {label(m, cell.index)} (job {info.get('job')})")
+        elif event == "deferred":
+            say(f"  held back {label(m, cell.index)}: run {info.get('waits_for')} is training the {info.get('stage')} "
+                "stage it shares; it starts again, and reuses that stage, once the stage is filed")
         else:
             finished[0] += 1
             tail = "ok" if info.get("status") == "ok" else f"FAILED: {info.get('error')}"
@@ -375,7 +378,9 @@ def _scheduler_view(m: Manifest) -> dict[int, str]:
         if sub is None:
             out[i] = "unsubmitted"
             continue
-        if i not in sub.jobs:  # local / inline: the launcher has not reached this cell (yet)
+        # local / inline: the launcher has not reached this cell (yet), or holds it back (LocalExecutor: a stage
+        # it shares is being trained by another cell)
+        if i not in sub.jobs or read_cell_state(m.dir, i).get("state") == "deferred":
             out[i] = "pending" if _launcher_alive(sub.launcher) else "never started"
             continue
         k = id(sub)
@@ -406,6 +411,8 @@ def sweep_status(m: Manifest) -> list[CellStatus]:
             st.state = s
             if cs.get("state") == "requeued" or (s == "pending" and cs.get("state") == "running"):
                 st.detail = "requeued after preemption; resumes from its checkpoint"
+            elif cs.get("state") == "deferred":
+                st.detail = f"held back until run {cs.get('waits_for')} has filed the {cs.get('stage')} stage it shares"
         elif rec == "ok":
             st.state = "done"
             if sub is None:

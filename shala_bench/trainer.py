@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from shala_bench.contract import MultimodalVAE
 from shala_bench.data.spec import Split, to_float
 from shala_bench.errors import CheckpointError
+from shala_bench.processes import pid_alive
 from shala_bench.protocol import Protocol
 from shala_bench.results import atomic_write_text, now
 
@@ -52,6 +54,16 @@ class NonFiniteLoss(RuntimeError):
 
 class Preempted(RuntimeError):
     """Raised after a checkpoint was written because the scheduler asked the job to stop."""
+
+
+class StageBusy(RuntimeError):
+    """Raised, by a trainer asked to defer (`defer_shared`), before a shared stage that another live process is
+    training now: the run is to be started again once that stage is filed, and then reuses it."""
+
+    def __init__(self, stage: str, claim: dict, claim_path: Path):
+        super().__init__(f"stage {stage} is being trained by run {claim.get('run')} (pid {claim.get('pid')} on "
+                         f"{claim.get('host')}); this run reuses it once it is filed")
+        self.stage, self.claim, self.claim_path = stage, claim, claim_path
 
 
 @dataclass
@@ -209,10 +221,61 @@ class StageCache:
     """Finished shared stages, one file per key in a folder (a results folder's `stage-cache/`): what a run
     needs to skip a stage another run trained exactly as it would (MultimodalVAE.stage_share_key) — the stage's
     weights, the RNG state at its end, its summary, seconds and callback rows. Written atomically; an entry
-    that cannot be read is a miss, and the stage trains."""
+    that cannot be read is a miss, and the stage trains.
+
+    A run training a shared stage claims it (`<key>.claim`: its run, host and pid) until the stage is filed, so
+    that a launcher can hold back a run that would train the same stage at the same time (Trainer
+    `defer_shared`). Two runs that claim at the same instant both train it, as without claims."""
+
+    # a claim written on another host (where its pid cannot be checked) is live while touched this recently;
+    # its claimant touches it at every checkpoint
+    CLAIM_FRESH_S = 1800.0
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+
+    def claim_path(self, key: str) -> Path:
+        return self.folder / f"{key}.claim"
+
+    def claimant(self, key: str) -> dict | None:
+        """The live claim on `key` of another process (run, host, pid, started), or None: no claim, an
+        unreadable one, or one whose process has ended (a run killed mid-stage leaves its claim behind)."""
+        path = self.claim_path(key)
+        try:
+            claim, age = json.loads(path.read_text()), time.time() - path.stat().st_mtime
+            pid = int(claim["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if claim.get("host") == socket.gethostname():
+            live = pid != os.getpid() and pid_alive(pid)
+        else:
+            live = age < self.CLAIM_FRESH_S
+        return claim if live else None
+
+    def claim(self, key: str, run: str) -> dict | None:
+        """Claim `key` for this process; the live claimant instead (and no claim) when another process has it."""
+        other = self.claimant(key)
+        if other is not None:
+            return other
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.claim_path(key), json.dumps({"run": run, "host": socket.gethostname(),
+                                                            "pid": os.getpid(), "started": now()}) + "\n")
+        return None
+
+    def _own(self, key: str) -> bool:
+        try:
+            claim = json.loads(self.claim_path(key).read_text())
+        except (OSError, ValueError):
+            return False
+        return claim.get("host") == socket.gethostname() and claim.get("pid") == os.getpid()
+
+    def touch(self, key: str) -> None:
+        if self._own(key):
+            os.utime(self.claim_path(key))
+
+    def release(self, key: str) -> None:
+        if self._own(key):
+            self.claim_path(key).unlink(missing_ok=True)
 
     @staticmethod
     def key(**fields) -> str:
@@ -248,9 +311,13 @@ class Trainer:
 
     def __init__(self, model: MultimodalVAE, protocol: Protocol, train: Split, run_dir: Path, seed: int,
                  device="cpu", progress: bool = True, callbacks=(), validator=None,
-                 config_hash: str | None = None, stage_cache: Path | None = None):
+                 config_hash: str | None = None, stage_cache: Path | None = None, defer_shared: bool = False):
         self.model, self.protocol, self.train = model, protocol, train
         self.stage_cache = StageCache(stage_cache) if stage_cache is not None else None
+        # a shared stage another live process is training: raise StageBusy (a launcher runs this again later)
+        # instead of training the same stage alongside it
+        self.defer_shared = defer_shared
+        self._claimed: str | None = None  # the cache key of the shared stage this run is training, if any
         cfg = getattr(model, "config", None)
         self.config_hash = config_hash if config_hash is not None else (cfg.hash if cfg is not None else "")
         self.run_dir, self.seed, self.device = Path(run_dir), seed, torch.device(device)
@@ -308,6 +375,8 @@ class Trainer:
         ck = self._checkpoint()
         for path in paths or (self.checkpoint_path,):
             atomic_torch_save(ck, path)
+        if self._claimed is not None:
+            self.stage_cache.touch(self._claimed)  # still training it: keeps a claim read from another host live
 
     def restore(self, path: Path | None = None) -> bool:
         path = Path(path or self.checkpoint_path)
@@ -386,6 +455,21 @@ class Trainer:
         self._call("on_checkpoint")
         return True
 
+    def _claim_stage(self, stage_index: int, stage: str) -> None:
+        """Claim a shared stage before training it; when another live process is training it, StageBusy if this
+        run defers, else a note (both train it)."""
+        key = self.share_key(stage_index, stage)
+        if key is None:
+            return
+        other = self.stage_cache.claim(key, self.run_dir.name)
+        if other is None:
+            self._claimed = key
+        elif self.defer_shared:
+            raise StageBusy(stage, other, self.stage_cache.claim_path(key))
+        elif self.progress:
+            print(f"shala-bench: stage {stage} is also being trained by run {other.get('run')} now; this run trains "
+                  "it too (a sweep's local executor would have held this run back)", file=sys.stderr, flush=True)
+
     def _share_stage(self, stage_index: int, stage: str) -> None:
         """Put a finished stage in the cache, when the model shares it and all its callback rows are known."""
         key = self.share_key(stage_index, stage)
@@ -412,7 +496,13 @@ class Trainer:
         for i, stage in enumerate(self.model.stages):
             if stage in self.state.completed or self._reuse_stage(i, stage):
                 continue
-            self._run_stage(i, stage)
+            self._claim_stage(i, stage)
+            try:
+                self._run_stage(i, stage)
+            finally:  # filed, failed or preempted: nobody is training it now
+                if self._claimed is not None:
+                    self.stage_cache.release(self._claimed)
+                    self._claimed = None
         self._call("on_fit_end")
         return self.state
 

@@ -152,6 +152,7 @@ class Slot:
     results: str
     sweep_dir: str
     threads: int | None = None
+    defer_shared: bool = False
 
 
 class WriteRecords:
