@@ -9,15 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
 from conftest import smoke_spec
-from shala_bench.executors import LocalExecutor
-from shala_bench.launch import STAGE_CACHE, run_one
+from shala_bench.executors import Cell, LocalExecutor
+from shala_bench.launch import STAGE_CACHE, RunSpec, run_one
 from shala_bench.trainer import PROGRESS, StageBusy, StageCache
 
 
@@ -96,20 +95,10 @@ def test_a_run_that_does_not_defer_trains_the_stage_alongside(tmp_path, other_pr
     assert json.loads((second / STAGE_CACHE / f"{entry.stem}.claim").read_text())["run"] == "other-run"
 
 
-@dataclass(frozen=True)
-class Slot:
-    """A cell as the executor needs it."""
-
-    index: int
-    sweep_dir: str
-    threads: int | None = None
-    defer_shared: bool = False
-
-
 class DeferOnce:
     """Cell 0 claims a stage (a live sleeper holds the claim for 3 s), cell 1 is deferred while it is live."""
 
-    def __call__(self, cell: Slot) -> dict:
+    def __call__(self, cell: Cell) -> dict:
         cache = StageCache(Path(cell.sweep_dir) / "cache")
         log = Path(cell.sweep_dir) / "calls"
         with log.open("a") as f:
@@ -133,7 +122,7 @@ def test_the_local_executor_holds_a_deferred_cell_back_until_the_claim_ends(tmp_
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task process imports this file's class
     events = []
     LocalExecutor(workers=2, poll_s=0.05).submit(
-        [Slot(0, str(tmp_path)), Slot(1, str(tmp_path))], tmp_path / "logs", task=DeferOnce(),
+        [Cell(i, RunSpec(model="unused"), str(tmp_path)) for i in (0, 1)], tmp_path / "logs", task=DeferOnce(),
         progress=lambda c, ev, info: events.append((c.index, ev, info.get("status"))))
     calls = (tmp_path / "calls").read_text().split("\n")[:-1]
     assert sorted(calls[:2]) == ["0 1", "1 1"] and calls[2:] == ["1 1"]  # cell 1 ran twice, told to defer
