@@ -11,7 +11,10 @@ of the quick-profile M = 2 run with that seed and warm-up, finished or not (no r
     python benchmarks/mvae_expert_variance.py --results /tmp/x --seed 1 --warmup-samples 61440 --first-steps 30
 
 instead trains that run's first steps again (its initial weights, batches and seed, as `shala-bench run`
-does) and prints the experts' log-variance on each step's batch: where a seed's experts switch off.
+does) and prints the experts' log-variance on each step's batch: where a seed's experts switch off. Two
+probes of what drives it, for --first-steps only: --kl-off-steps N holds the KL weight at exactly 0 for the
+first N steps (then the warm-up ramp starts), --logvar-bound L puts the experts' log-variance through
+L·tanh(logvar / L). Neither is an MVAE setting; they patch this process's MVAE.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ def main() -> None:
     ap.add_argument("--modalities", type=int, default=2)
     ap.add_argument("--checkpoint", default="checkpoint.pt")
     ap.add_argument("--first-steps", type=int, default=0, help="train this many first steps instead of reading a checkpoint")
+    ap.add_argument("--kl-off-steps", type=int, default=0, help="probe: KL weight exactly 0 for this many first steps")
+    ap.add_argument("--logvar-bound", type=float, default=0.0, help="probe: experts' logvar through L*tanh(logvar/L)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    patch_probes(args.kl_off_steps, args.logvar_bound)
     probe = prepare(RunSpec(model="mvae", results=args.results))
     fraction = args.warmup_samples / probe.protocol.max_train_samples
     spec = RunSpec(model="mvae", seed=args.seed, results=args.results,
@@ -58,6 +64,25 @@ def main() -> None:
     for i, name in enumerate(names):
         print(f"| {name} | {mu[i].std(0).mean():.3f} | {mu[i].abs().mean():.2f} | {logvar[i].mean():.2f} "
               f"| {logvar[i].min():.2f} | {logvar[i].max():.2f} |")
+
+
+def patch_probes(kl_off_steps: int, bound: float) -> None:
+    from shala_bench.baselines import mvae
+
+    kl_weight, experts = mvae.MVAE.kl_weight, mvae.MVAE.experts
+    if kl_off_steps:
+        def delayed(self, batch_size):
+            off = kl_off_steps * self.protocol.batch_size
+            if not self.training or self.config.kl_warmup <= 0:
+                return kl_weight(self, batch_size)
+            span = self.config.kl_warmup * self.protocol.max_train_samples
+            return self.config.beta * ((self.samples_seen + batch_size - off) / span).clamp(0.0, 1.0).float()
+        mvae.MVAE.kl_weight = delayed
+    if bound:
+        def bounded(self, x):
+            mu, logvar, names = experts(self, x)
+            return mu, bound * torch.tanh(logvar / bound), names
+        mvae.MVAE.experts = bounded
 
 
 def first_steps(model, p, data, seed: int, n: int) -> None:
