@@ -4,7 +4,11 @@
 Both call `smoke_metrics` below, so they always run the very same cells.
 
 Tolerance: |new - golden| <= ABS_TOL + REL_TOL * |golden| for every numeric metric. On one machine a cell is
-bit-for-bit reproducible (one thread, seeded); the slack only absorbs another CPU's float kernels.
+bit-for-bit reproducible (one thread, seeded); the slack only absorbs another CPU's float kernels. The latent
+probe's accuracies (`probe_*`) may also differ by one test tuple (1 / probe_n_test): a logistic regression
+refitted on encodings that differ in the last bits can flip one near-tie prediction, as it did between the
+CPU that wrote smoke.json and an AMD EPYC (probe_m1 0.34375 -> 0.359375, every other metric inside the
+tolerance).
 """
 
 from __future__ import annotations
@@ -56,9 +60,17 @@ def differences(golden: dict[str, float], new: dict[str, float]) -> list[str]:
             out.append(f"{k}: golden {golden[k]:.6g}, now missing")
         elif k not in golden:
             out.append(f"{k}: new metric {new[k]:.6g}, not in the golden record")
-        elif abs(new[k] - golden[k]) > ABS_TOL + REL_TOL * abs(golden[k]):
+        elif abs(new[k] - golden[k]) > ABS_TOL + REL_TOL * abs(golden[k]) + item_slack(k, golden):
             out.append(f"{k}: golden {golden[k]:.6g}, now {new[k]:.6g}")
     return out
+
+
+def item_slack(metric: str, golden: dict[str, float]) -> float:
+    """One test tuple of a probe accuracy (see the module docstring); 0 for every other metric."""
+    n = golden.get("probe_n_test")
+    if metric.startswith("probe_") and not metric.startswith("probe_n_") and n:
+        return 1.0 / n
+    return 0.0
 
 
 def load() -> dict:
