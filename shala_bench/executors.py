@@ -377,8 +377,8 @@ class LocalExecutor(Executor):
         def ready(cell: Cell) -> bool:
             if cell.index not in held:
                 return True
-            claim, since = Path(held[cell.index][0]), held[cell.index][1]
-            live = StageCache(claim.parent).claimant(claim.stem) is not None
+            claim, since = held[cell.index]
+            live = StageCache(Path(claim).parent).claimant(Path(claim).stem) is not None
             return not live or time.time() - since > self.DEFER_RECHECK_S
 
         def stop(signum, frame):
@@ -389,8 +389,12 @@ class LocalExecutor(Executor):
             if on_update:
                 on_update(sub)
             while queue or running:
-                while len(running) < self.workers and any(ready(c) for c in queue):
-                    cell = queue.pop(next(k for k, c in enumerate(queue) if ready(c)))
+                while len(running) < self.workers:
+                    # the first queued cell that is not held back (each held cell's claim read once)
+                    k = next((k for k, c in enumerate(queue) if ready(c)), None)
+                    if k is None:
+                        break
+                    cell = queue.pop(k)
                     held.pop(cell.index, None)
                     job = ex.submit(task or CellTask(), cell)
                     running[cell.index] = (cell, job)
