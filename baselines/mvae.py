@@ -31,6 +31,7 @@ the test-split bound is always the β = 1 ELBO.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ from torch import Tensor
 
 from shala_bench.backbones import make_decoders, make_encoders
 from shala_bench.config import Config, ge, inherit, setting, unit
-from shala_bench.contract import MultimodalVAE
+from shala_bench.contract import MultimodalVAE, StageBudget
 from shala_bench.distributions import kl_to_standard_normal, product_of_experts, reparameterize
 from shala_bench.hookspecs import hookimpl
 from shala_bench.data.polymnist_synth import PROFILES as POLYMNIST_SYNTH_PROFILES
@@ -57,6 +58,9 @@ class MVAEConfig(Config):
     kl_warmup: float = setting(0.0, range=unit(True),
                                doc="fraction of the stage's max_train_samples over which the KL weight rises "
                                    "linearly from 0 to β (the reference's annealing); 0 = none")
+    lr_warmup_samples: int = setting(0, range=ge(0),
+                                     doc="training samples over which the learning rate rises linearly to the "
+                                         "recipe's (StageBudget.lr_warmup_samples); 0 = none, as in the reference")
 
 
 class MVAE(MultimodalVAE):
@@ -77,6 +81,10 @@ class MVAE(MultimodalVAE):
         span = self.config.kl_warmup * self.protocol.max_train_samples
         # a tensor, so the schedule never syncs with the host
         return self.config.beta * ((self.samples_seen + batch_size) / span).clamp(max=1.0).float()
+
+    def stage_budget(self, stage: str) -> StageBudget:
+        budget = super().stage_budget(stage)
+        return dataclasses.replace(budget, lr_warmup_samples=self.config.lr_warmup_samples)
 
     def experts(self, x: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
         return self.unimodal_experts(x)  # (|S|, B, D) x2, names

@@ -14,7 +14,8 @@ instead trains that run's first steps again (its initial weights, batches and se
 does) and prints the experts' log-variance on each step's batch: where a seed's experts switch off. Two
 probes of what drives it, for --first-steps only: --kl-off-steps N holds the KL weight at exactly 0 for the
 first N steps (then the warm-up ramp starts), --logvar-bound L puts the experts' log-variance through
-L·tanh(logvar / L). Neither is an MVAE setting; they patch this process's MVAE.
+L·tanh(logvar / L). Neither is an MVAE setting; they patch this process's MVAE. --lr-warmup-steps N raises the
+learning rate linearly over the first N steps, as MVAEConfig.lr_warmup_samples = N · batch size does in a run.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--first-steps", type=int, default=0, help="train this many first steps instead of reading a checkpoint")
     ap.add_argument("--kl-off-steps", type=int, default=0, help="probe: KL weight exactly 0 for this many first steps")
     ap.add_argument("--logvar-bound", type=float, default=0.0, help="probe: experts' logvar through L*tanh(logvar/L)")
+    ap.add_argument("--lr-warmup-steps", type=int, default=0,
+                    help="probe: learning rate rising linearly from lr/N to lr over the first N steps")
     args = ap.parse_args()
     torch.set_num_threads(1)
     patch_probes(args.kl_off_steps, args.logvar_bound)
@@ -50,7 +53,7 @@ def main() -> None:
     torch.manual_seed(args.seed)  # as launch.run_one builds the model, and the trainer starts
     model = prep.model_entry.build(data.spec, prep.protocol, prep.config)
     if args.first_steps:
-        first_steps(model, prep.protocol, data, args.seed, args.first_steps)
+        first_steps(model, prep.protocol, data, args.seed, args.first_steps, args.lr_warmup_steps)
         return
     ck = load_checkpoint(prep.dir / args.checkpoint)
     model.load_state_dict(ck["model"])
@@ -85,7 +88,7 @@ def patch_probes(kl_off_steps: int, bound: float) -> None:
         mvae.MVAE.experts = bounded
 
 
-def first_steps(model, p, data, seed: int, n: int) -> None:
+def first_steps(model, p, data, seed: int, n: int, lr_warmup_steps: int = 0) -> None:
     torch.manual_seed(seed)
     opt = make_optimizer(model.stage_parameters("vae"), p.lr)
     stream = BatchStream(data.splits["train"], p.batch_size, seed, 0, "cpu")
@@ -94,6 +97,9 @@ def first_steps(model, p, data, seed: int, n: int) -> None:
     print("|---|---|---|---|---|---|")
     for step in range(n):
         batch = stream.batch(step)
+        if lr_warmup_steps:
+            for group in opt.param_groups:
+                group["lr"] = p.lr * min(1.0, (step + 1) / lr_warmup_steps)
         loss, logs = model.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

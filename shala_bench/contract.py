@@ -10,6 +10,7 @@ Batches are ``dict[modality, Tensor]`` of floats (images in [0, 1]); ``encode`` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -26,15 +27,35 @@ from shala_bench.protocol import Protocol
 class StageBudget:
     """How one training stage is budgeted: at most `max_samples` training samples at learning rate `lr`,
     its best weights chosen by `selection`: "dataset" (the dataset's validation selection metric,
-    DatasetEntry.selection) or "loss" (the stage's own validation bound, for a stage that cannot generate yet)."""
+    DatasetEntry.selection) or "loss" (the stage's own validation bound, for a stage that cannot generate yet).
+    `lr_warmup_samples` W > 0: the learning rate of the step that ends at s training samples is lr · min(1, s / W),
+    a linear warm-up from lr · B / W over the stage's first W samples; 0 (the default): lr from the first step."""
 
     max_samples: int
     lr: float
     selection: str = "dataset"
+    lr_warmup_samples: int = 0
 
     def __post_init__(self):
         if self.selection not in ("dataset", "loss"):
             raise ValueError(f"StageBudget.selection must be 'dataset' or 'loss', got {self.selection!r}")
+        if self.lr_warmup_samples < 0:
+            raise ValueError(f"StageBudget.lr_warmup_samples must be >= 0, got {self.lr_warmup_samples!r}")
+
+    def lr_at(self, samples: int) -> float:
+        """The learning rate of the step that ends at `samples` training samples of the stage."""
+        if self.lr_warmup_samples <= 0:
+            return self.lr
+        return self.lr * min(1.0, samples / self.lr_warmup_samples)
+
+    def share_fields(self) -> dict:
+        """The fields that decide how the stage trains, for a shared stage's cache key; a field at its default
+        is left out, so keys written before the field existed still match (one without a warm-up trains as
+        it did then)."""
+        out = dataclasses.asdict(self)
+        if not self.lr_warmup_samples:
+            del out["lr_warmup_samples"]
+        return out
 
 
 class MultimodalVAE(nn.Module):

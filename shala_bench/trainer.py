@@ -417,7 +417,7 @@ class Trainer:
         if key is None:
             return None
         return StageCache.key(model_key=key, stage=stage, stage_index=stage_index, protocol=self.protocol.hash,
-                              seed=self.seed, budget=dataclasses.asdict(self.model.stage_budget(stage)),
+                              seed=self.seed, budget=self.model.stage_budget(stage).share_fields(),
                               batch_size=self.batch_size, device=self.device.type, torch=torch.__version__)
 
     def _reuse_stage(self, stage_index: int, stage: str) -> bool:
@@ -547,9 +547,14 @@ class Trainer:
             sums = {}
         n_timed, t_log, val_at_log = 0, time.perf_counter(), 0.0
         flops_per_step = None
+        warmup = budget.lr_warmup_samples > 0
         try:
             for step in range(start, steps):
                 batch = stream.batch(step)
+                if warmup and (step + 1) * bs <= budget.lr_warmup_samples + bs:
+                    # from the step index alone, so a resumed stage goes on with the same rates
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = budget.lr_at((step + 1) * bs)
                 with autocast:
                     loss, logs = loss_fn(batch, stage)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -681,6 +686,7 @@ class Trainer:
             "samples": steps_done * self.batch_size,
             "max_samples": budget.max_samples,
             "lr": budget.lr,
+            **({"lr_warmup_samples": budget.lr_warmup_samples} if budget.lr_warmup_samples else {}),
             "batch_size": self.batch_size,
             "evaluations": e.get("evals", 0),
             "stop_reason": "plateau" if plateau else "budget",
