@@ -8,6 +8,22 @@ import pytest
 import torch
 
 
+def pytest_collection_modifyitems(config, items):
+    # one SLURM test cluster: its tests run one after another in one xdist worker, never beside each other
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    # under pytest-xdist every worker is a process of its own: one torch thread each, so two workers on two
+    # cores do not each start two threads (the tests that time or pass --threads set their own)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     # Datasets and classifiers are built once per session and shared by the tests in it.
