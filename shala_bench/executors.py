@@ -25,6 +25,7 @@ scheduler's view and the run records.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -396,7 +397,8 @@ class LocalExecutor(Executor):
                         break
                     cell = queue.pop(k)
                     held.pop(cell.index, None)
-                    job = ex.submit(task or CellTask(), cell)
+                    with _interruptible_children():
+                        job = ex.submit(task or CellTask(), cell)
                     running[cell.index] = (cell, job)
                     sub.jobs[cell.index] = str(job.job_id)
                     if on_update:
@@ -448,6 +450,22 @@ def _tidy(log_folder: Path) -> None:
         (Path(log_folder) / "%j").rmdir()
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def _interruptible_children():
+    """SIGINT at its default while a task's controller is started. A launcher started in the background of a
+    shell (`nohup shala-bench sweep … &`) has SIGINT ignored, an ignored signal stays ignored across exec, and
+    SIGINT is how submitit cancels a local job: its controller and task would then outlive a stopped sweep and
+    train on. A handler (unlike SIG_IGN) is reset to the default in the child, so the child can be cancelled."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _wait_process(job, timeout_s: float) -> None:

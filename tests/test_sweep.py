@@ -279,3 +279,55 @@ def test_preemption_signal_mid_training_checkpoints_at_a_step_boundary_and_the_r
     assert ref.restarts == 0 and a["state"]["step"] == b["state"]["step"] == 40
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+LAUNCHER = '''
+import os, sys, time
+from dataclasses import dataclass
+from pathlib import Path
+from shala_bench.executors import LocalExecutor
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    results: str
+    sweep_dir: str
+    threads: int | None = None
+    defer_shared: bool = False
+
+class Sleep:
+    def __call__(self, cell):
+        Path(cell.sweep_dir, "task.pid").write_text(str(os.getpid()))
+        time.sleep(300)
+        return {"status": "ok"}
+
+root = Path(sys.argv[1])
+LocalExecutor(workers=1, poll_s=0.05).submit([Slot(0, str(root), str(root))], root / "logs", task=Sleep())
+'''
+
+
+def test_a_stopped_local_sweep_started_in_the_background_stops_its_tasks(tmp_path):
+    # `nohup shala-bench sweep … &` starts the launcher with SIGINT ignored, the signal submitit cancels with
+    import subprocess
+
+    from shala_bench.processes import pid_alive
+
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER)
+    launcher = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    pid_file = tmp_path / "task.pid"
+    deadline = time.time() + 90
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert pid_file.exists(), "the task never started"
+    task = int(pid_file.read_text())
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(60)
+    deadline = time.time() + 30
+    while pid_alive(task) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = pid_alive(task)
+    if alive:
+        os.kill(task, signal.SIGKILL)
+    assert not alive, "the task outlived its stopped sweep"
