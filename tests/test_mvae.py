@@ -82,3 +82,10 @@ def test_paper_profile_has_the_references_warmup_and_quick_the_validated_one():
     # the validated warm-up length in samples, whatever the quick cap
     assert mvae.resolve(quick).config.kl_warmup * quick.max_train_samples == pytest.approx(61_440)
     assert mvae.resolve(make_protocol(ds, "smoke", {})).config.kl_warmup == 0.0
+    # the learning-rate warm-up is quick's alone (the reference has none), and the budget the trainer reads has it
+    assert mvae.resolve(make_protocol(ds, "paper", {})).config.lr_warmup_samples == 0
+    assert mvae.resolve(make_protocol(ds, "smoke", {})).config.lr_warmup_samples == 0
+    cfg = mvae.resolve(quick).config
+    assert cfg.lr_warmup_samples == 128_000
+    model = build_model("mvae", {}, profile="quick")
+    assert model.stage_budget("vae").lr_warmup_samples == 128_000
