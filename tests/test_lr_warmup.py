@@ -10,7 +10,7 @@ import torch
 
 from shala_bench.contract import StageBudget
 from shala_bench.trainer import Callback, Preempted, Trainer
-from toytrain import SPEC, Toy, toy_data, toy_protocol
+from toytrain import SPEC, Toy, stop_before, toy_data, toy_protocol
 
 
 class Rates(Callback):
@@ -37,14 +37,7 @@ def _train(run_dir, warmup, stop_at=None, resume=False):
     rates = Rates()
     trainer = Trainer(model, p, toy_data().splits["train"], run_dir, seed=0, progress=False, callbacks=[rates])
     if stop_at is not None:
-        loss = model.loss
-
-        def interrupting_loss(batch, stage="vae"):
-            if trainer.state.step == stop_at - 1:
-                trainer.stop_requested = True
-            return loss(batch, stage)
-
-        model.loss = interrupting_loss
+        stop_before(trainer, model, stop_at)
     trainer.fit(resume=resume)
     return model, trainer, rates.rows
 

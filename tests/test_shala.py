@@ -14,6 +14,7 @@ from shala_bench.launch import prepare, run_one
 from shala_bench.plugins.shala import ShaLa, ShaLaVAE, random_subsets
 from shala_bench.registry import get_registry
 from shala_bench.trainer import Preempted, Trainer
+from toytrain import stop_before
 
 
 def protocol(M: int, **kw):
@@ -109,14 +110,7 @@ def _train(prep, data, run_dir, stop_at_prior_step=None, resume=False):
     model = prep.model_entry.build(data.spec, prep.protocol, prep.config)
     trainer = Trainer(model, prep.protocol, data.splits["train"], run_dir, seed=0, progress=False)
     if stop_at_prior_step is not None:
-        loss = model.loss
-
-        def interrupting_loss(batch, stage="vae"):  # a preemption signal arriving mid-stage
-            if stage == "prior" and trainer.state.step == stop_at_prior_step - 1:
-                trainer.stop_requested = True
-            return loss(batch, stage)
-
-        model.loss = interrupting_loss
+        stop_before(trainer, model, stop_at_prior_step, "prior")
     trainer.fit(resume=resume)
     return model, trainer
 

@@ -13,6 +13,7 @@ import torch
 from conftest import build_model, smoke_spec
 from shala_bench.launch import STAGE_CACHE, run_one
 from shala_bench.trainer import BEST, Preempted, StageCache, Trainer, load_checkpoint
+from toytrain import stop_before
 
 
 def test_only_the_joint_variants_share_a_key():
@@ -79,14 +80,7 @@ def _post_stage_one(prep, data, run_dir, cache, stop_at=None, resume=False):
     model.stages = ("vae",)
     trainer = Trainer(model, prep.protocol, data.splits["train"], run_dir, seed=0, progress=False, stage_cache=cache)
     if stop_at is not None:
-        loss = model.loss
-
-        def interrupting_loss(batch, stage="vae"):
-            if trainer.state.step == stop_at - 1:
-                trainer.stop_requested = True
-            return loss(batch, stage)
-
-        model.loss = interrupting_loss
+        stop_before(trainer, model, stop_at)
     trainer.fit(resume=resume)
     return trainer
 

@@ -283,17 +283,9 @@ def test_preemption_signal_mid_training_checkpoints_at_a_step_boundary_and_the_r
 
 LAUNCHER = '''
 import os, sys, time
-from dataclasses import dataclass
 from pathlib import Path
 from shala_bench.executors import LocalExecutor
-
-@dataclass(frozen=True)
-class Slot:
-    index: int
-    results: str
-    sweep_dir: str
-    threads: int | None = None
-    defer_shared: bool = False
+from test_sweep import Slot
 
 class Sleep:
     def __call__(self, cell):
@@ -314,7 +306,9 @@ def test_a_stopped_local_sweep_started_in_the_background_stops_its_tasks(tmp_pat
 
     script = tmp_path / "launcher.py"
     script.write_text(LAUNCHER)
-    launcher = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+    tests = str(Path(__file__).parent)  # for `from test_sweep import Slot`, in the launcher and in its task
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    launcher = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     pid_file = tmp_path / "task.pid"
     deadline = time.time() + 90

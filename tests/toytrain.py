@@ -119,3 +119,16 @@ def train(run_dir, protocol=None, validator=None, callbacks=(), stages=("vae",),
                       callbacks=callbacks, validator=validator)
     trainer.fit(resume=resume)
     return model, trainer
+
+
+def stop_before(trainer: Trainer, model, step: int, stage: str | None = None) -> None:
+    """A preemption signal arriving while `stage` (default: any) trains its step `step` (1-based): the trainer
+    checkpoints at the end of that step and raises Preempted."""
+    loss = model.loss
+
+    def interrupting_loss(batch, s="vae"):
+        if (stage is None or s == stage) and trainer.state.step == step - 1:
+            trainer.stop_requested = True
+        return loss(batch, s)
+
+    model.loss = interrupting_loss
