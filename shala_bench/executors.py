@@ -359,6 +359,7 @@ class LocalExecutor(Executor):
 
     kind = "local"
     DEFER_RECHECK_S = 600.0
+    STOP_CHECKPOINT_S = 60.0  # a stopped sweep waits this long for its running tasks' checkpoints
 
     def __init__(self, workers: int | None = None, poll_s: float = 0.2, threads: int | None = None):
         cores = usable_cpus()
@@ -418,6 +419,7 @@ class LocalExecutor(Executor):
                             progress(cell, "finished", {**outcome, "log": self.log_path(sub, index)})
                 time.sleep(self.poll_s)
         except BaseException:
+            _checkpoint_before_cancel([cell for cell, _ in running.values()], self.STOP_CHECKPOINT_S)
             for cell, job in running.values():
                 job.cancel()  # SIGINT to the task's controller, which stops the task
             for cell, job in running.values():
@@ -450,6 +452,31 @@ def _tidy(log_folder: Path) -> None:
         (Path(log_folder) / "%j").rmdir()
     except OSError:
         pass
+
+
+def _checkpoint_before_cancel(cells, timeout_s: float) -> None:
+    """Before a stopped local sweep cancels its running tasks, send each the preemption signal, so a task in
+    training writes its checkpoint at the end of its current step (CellTask._on_signal), and wait until each has
+    said so (its cell state leaves "running", or another attempt took over), at most `timeout_s`. submitit's
+    cancel alone (SIGINT, then SIGKILL a second later) would lose the steps since the last periodic checkpoint.
+    The requeued attempt that the controller then starts is stopped by the cancel that follows."""
+    waiting = {}
+    for cell in cells:
+        state = read_cell_state(cell.sweep_dir, cell.index) if cell.sweep_dir else {}
+        pid = state.get("pid")
+        if state.get("state") == "running" and isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
+            try:
+                os.kill(pid, preemption_signal())
+            except OSError:
+                continue
+            waiting[cell.index] = (cell, pid)
+    end = time.time() + timeout_s
+    while waiting and time.time() < end:
+        for index, (cell, pid) in list(waiting.items()):
+            state = read_cell_state(cell.sweep_dir, cell.index)
+            if state.get("state") != "running" or state.get("pid") != pid or not pid_alive(pid):
+                del waiting[index]
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -325,3 +325,38 @@ def test_a_stopped_local_sweep_started_in_the_background_stops_its_tasks(tmp_pat
     if alive:
         os.kill(task, signal.SIGKILL)
     assert not alive, "the task outlived its stopped sweep"
+
+
+def test_a_stopped_local_sweep_checkpoints_its_running_cell_first(tmp_path):
+    """`nohup shala-bench sweep … &`, stopped mid-training: the cell's checkpoint is written at the stop (here the
+    periodic one never comes) and no task is left."""
+    import subprocess
+
+    from shala_bench.launch import prepare
+    from shala_bench.processes import pid_alive
+    from shala_bench.trainer import load_checkpoint
+
+    results = tmp_path / "runs"
+    sets = {"max_train_samples": 400_000, "checkpoint_every": 1_000_000, "batch_size": 8, "probe_n": 32}
+    args = ["sweep", "--models", "mvae", "--profile", "smoke", "--seeds", "0", "--modalities", "2", "--results",
+            str(results), "--executor", "local", "--workers", "1", "--threads", "1", "--name", "stopped"]
+    args += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    launcher = subprocess.Popen([sys.executable, "-m", "shala_bench.cli", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    run_dir = prepare(smoke_spec("mvae", results, overrides={"n_modalities": 2, **sets})).dir
+    deadline, step, progress = time.time() + 120, 0, run_dir / "progress.json"
+    while step < 20 and time.time() < deadline and launcher.poll() is None:
+        try:
+            step = int(json.loads(progress.read_text()).get("step", 0))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    assert step >= 20, "the cell never trained"
+    assert not (run_dir / "checkpoint.pt").exists()  # no periodic checkpoint before the stop
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(120)
+    state = read_cell_state(sw.find_sweep("stopped", results).dir, 0)
+    ck = load_checkpoint(run_dir / "checkpoint.pt")
+    assert ck["state"]["stage"] == "vae" and int(ck["state"]["step"]) >= step
+    assert state["state"] in ("cancelled", "requeued") and not pid_alive(int(state["pid"]))
