@@ -15,7 +15,6 @@ are called at fixed points: on_fit_start, on_log, on_eval, on_stage_end, on_chec
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
