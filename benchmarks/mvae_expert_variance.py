@@ -24,6 +24,7 @@ import argparse
 
 import torch
 
+from shala_bench.contract import StageBudget
 from shala_bench.data.spec import to_float
 from shala_bench.launch import RunSpec, prepare
 from shala_bench.trainer import BatchStream, load_checkpoint, make_optimizer
@@ -92,6 +93,8 @@ def first_steps(model, p, data, seed: int, n: int, lr_warmup_steps: int = 0) -> 
     torch.manual_seed(seed)
     opt = make_optimizer(model.stage_parameters("vae"), p.lr)
     stream = BatchStream(data.splits["train"], p.batch_size, seed, 0, "cpu")
+    # the trainer's own schedule, so the probe warms up exactly as a run with this warm-up does
+    warmup = StageBudget(max_samples=n * p.batch_size, lr=p.lr, lr_warmup_samples=lr_warmup_steps * p.batch_size)
     model.train()
     print("| step | loss | KL weight | expert logvar mean | max | mean abs mean |")
     print("|---|---|---|---|---|---|")
@@ -99,7 +102,7 @@ def first_steps(model, p, data, seed: int, n: int, lr_warmup_steps: int = 0) -> 
         batch = stream.batch(step)
         if lr_warmup_steps:
             for group in opt.param_groups:
-                group["lr"] = p.lr * min(1.0, (step + 1) / lr_warmup_steps)
+                group["lr"] = warmup.lr_at((step + 1) * p.batch_size)
         loss, logs = model.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
