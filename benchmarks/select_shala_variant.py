@@ -315,13 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", required=True, help="where the validation records go")
     ev.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="evaluation setting to vary")
     ev.add_argument("--cache-dir", help="cache for the validation evaluation (default <out>/.cache)")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="cpu", help="torch device of the evaluation (default cpu)")
     se = sub.add_parser("select", help="pick the variant from validation records")
-    se.add_argument("--records", required=True)
-    se.add_argument("--ms", default="2,5,8")
-    se.add_argument("--max-kappa-drop", type=float, default=0.05)
-    se.add_argument("--max-fd-ratio", type=float, default=1.25)
-    se.add_argument("--min-gain", type=float, default=0.0)
+    se.add_argument("--records", required=True, help="folder of validation records that `evaluate` wrote")
+    se.add_argument("--ms", default="2,5,8",
+                    help="the M values the score averages over, comma-separated (default 2,5,8); a candidate "
+                         "without a record at one of them is out")
+    se.add_argument("--max-kappa-drop", type=float, default=0.05,
+                    help="guard rail: joint κ at most this much below the incumbent's, at every M (default 0.05)")
+    se.add_argument("--max-fd-ratio", type=float, default=1.25,
+                    help="guard rail: in-domain FD at most this many times the incumbent's, at every M (default 1.25)")
+    se.add_argument("--min-gain", type=float, default=0.0,
+                    help="a challenger must beat the incumbent's score by more than this (default 0: a tie keeps it)")
     se.add_argument("--json", help="write the decision here")
     args = ap.parse_args(argv)
     try:
