@@ -728,15 +728,22 @@ class Family:
     hashes: dict[int, str]  # M -> protocol hash
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def families(df: pd.DataFrame, protocols: dict[str, dict]) -> list[Family]:
-    """Protocol families of each dataset, the one with most records first (ties: by hash)."""
+    """Protocol families of each dataset, the current one first: the newest protocol version, then the family
+    whose newest record is the latest (a reader opens the page for today's recipe; an older recipe's snapshot
+    stays below it, its own section), then the most records (ties: by hash)."""
     out = []
     for ds, d in df.groupby("dataset", sort=True):
         fams = []
         for fh, f in d.groupby("family_hash", sort=True):
             hashes = {int(M): h for M, h in f.groupby("M", sort=True)["protocol_hash"].first().items()}
             fams.append(Family(ds, fh, f, protocols[f["protocol_hash"].iloc[0]], hashes))
-        fams.sort(key=lambda fa: -len(fa.frame))
+        fams.sort(key=lambda fa: (int(fa.frame["protocol_version"].max()), str(fa.frame["run_created"].max()),
+                                  len(fa.frame)), reverse=True)  # stable: equal keys keep the hash order
         out += fams
     return out
 
@@ -1235,8 +1242,8 @@ def dataset_page(ds: str, fams: list[Family], failed: list[RunRecord], out: Path
         hashes = ", ".join(f"M = {M} `{h[:12]}`" for M, h in fam.hashes.items())
         lines.append(f"- Profile `{fr['profile'].iloc[0]}`, protocol v{int(fr['protocol_version'].iloc[0])}, family "
                      f"`{fam.family_hash[:12]}`: {budget_short(fam.protocol)}, batch size "
-                     f"{fam.protocol.get('batch_size')}, lr {fam.protocol.get('lr')}; {fr['model'].nunique()} models, "
-                     f"{fr['seed'].nunique()} seeds; protocol hashes {hashes}.")
+                     f"{fam.protocol.get('batch_size')}, lr {fam.protocol.get('lr')}; {_count(fr['model'].nunique(), 'model')}, "
+                     f"{_count(fr['seed'].nunique(), 'seed')}; protocol hashes {hashes}.")
     convergence = any(fam.frame["converged"].notna().any() for fam in fams if "converged" in fam.frame)
     lines += ["", legend(convergence), ""]
     for fam in fams:

@@ -148,6 +148,22 @@ def test_family_hash_ignores_only_the_number_of_modalities():
     assert fams[0].hashes == {2: _hash(p2), 5: _hash(p5)}
 
 
+def test_the_current_family_comes_first_not_the_largest():
+    """An old recipe's big snapshot (protocol v1, more records) goes below today's: the newest protocol version
+    first, then the family whose newest record is the latest; equal keys keep the hash order."""
+    old = records({"mvae": [0.5, 0.6, 0.7], "mopoe": [0.5, 0.6, 0.7]}, protocol_version=1)
+    for r in old:
+        r.created = "2026-01-01T00:00:00+00:00"
+    older_v2 = records({"mvae": [0.5, 0.6]}, protocol_version=2, lr=0.5)
+    newer_v2 = records({"mvae": [0.4]}, protocol_version=2, lr=0.25)
+    for r, t in zip(older_v2 + newer_v2, ("2026-02-01", "2026-02-02", "2026-03-01")):
+        r.created = t + "T00:00:00+00:00"
+    rs = old + older_v2 + newer_v2
+    fams = lb.families(lb.records_frame(rs), {r.protocol_hash: r.protocol for r in rs})
+    assert [len(f.frame) for f in fams] == [1, 2, 6]
+    assert [int(f.frame["protocol_version"].iloc[0]) for f in fams] == [2, 2, 1]
+
+
 # ----------------------------------------------------------------- significance
 def _welch_one_sided_p(a, b) -> float:
     """Welch's t-test written out: t = (ma - mb) / sqrt(va/na + vb/nb), Welch–Satterthwaite df."""
