@@ -390,7 +390,7 @@ FUSED = """ShaLa, fused-condition variant: modality-dropout stage 1; diffusion c
 Card
 ----
 {provenance}
-This variant (the first design; `shala` until the selection study runs)
+This variant (the first design; `shala` until the selection study picks another)
 - [ours] Stage 1 with modality dropout: per sample, S = all modalities w.p. 1 - p, else
   (p = modality_dropout) a random proper subset with |S| ~ U{{1..M-1}}; maximise
   ELBO(X_S) = E_q(z|X_S)[Σ_{{m∈S}} log p(x_m | z)] − β KL(q(z | X_S) || N(0, I)) of the OBSERVED
@@ -466,15 +466,17 @@ This variant
   shala-cond's 20 DDIM steps), times 1 + post_langevin with correctors.
 {known}"""
 
-SHALA_ALIAS = """ShaLa (AAAI 2026) as benchmarked: currently the fused-condition variant (shala-fused), until the validation selection study runs.
+SHALA_ALIAS = """ShaLa (AAAI 2026) as benchmarked: currently the fused-condition variant (shala-fused), until the validation selection study has every M it averages over.
 
 Card
 ----
 `shala` is the variant that wins on VALIDATION (k = 1 conditional coherence averaged over
 M ∈ {{2, 5, 8}}, with joint κ and in-domain FD as guard rails), chosen by
 benchmarks/select_shala_variant.py, never on test numbers; the guidance scale / posterior-sampling
-weight is chosen the same way. That study has not run yet, so `shala` is still the first design,
-shala-fused, unchanged (the same networks and training as before these variants). Its card follows.
+weight is chosen the same way. The study's validation records (benchmarks/results/shala_selection,
+its README has the table) cover M = 2 and part of M = 5; the rule needs every variant, the incumbent
+included, at M = 2, 5 and 8, so `shala` is still the first design, shala-fused, unchanged (the same
+networks and training as before these variants). Its card follows.
 
 {fused}"""
 
