@@ -1183,7 +1183,17 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
         lines += [f"#### {name[0].upper() + name[1:]} vs the number of given modalities k (M = {M}, protocol "
                   f"`{fam.hashes[M][:12]}`)", "",
                   plot(cv, f"{cv.metric}-vs-k-M{M}", f"{name} ↑", what), "",
-                  curve_markdown(cv, "k"), ""]
+                  "The numbers: the per-k table in the section of each M below.", ""]
+
+    def per_k(part: pd.DataFrame) -> list[str]:
+        """The conditional coherence at every k of one M (at M = 2 the only k is the headline's k = 1)."""
+        got = k_curve(part, catalog)
+        if got is None or len(got[1].xs) < 2:
+            return []
+        M, cv = got
+        name = ("Balanced c" if cv.metric.endswith("_bal") else "C") + "onditional coherence"
+        return [f"{name} per number of given modalities k (M = {M}; `{cv.metric}_k<k>`):", "",
+                curve_markdown(cv, "k"), ""]
 
     def learning(M: int) -> list[str]:
         part = fam.frame[fam.frame["M"] == M]
@@ -1225,10 +1235,11 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
 
     lines += ["### Leaderboard per M", ""]
     for t in tables:
+        part = fam.frame[(fam.frame["M"] == t.M) & (fam.frame["protocol_hash"] == t.protocol_hash)]
         lines += [f"#### M = {t.M} — protocol `{t.protocol_hash[:12]}`", "", table_markdown(t, p), ""]
+        lines += per_k(part)
         lines += learning(t.M)
-        lines += sample_grid_lines(fam.frame[(fam.frame["M"] == t.M) & (fam.frame["protocol_hash"] == t.protocol_hash)],
-                                   t.M, curves_root, records_rel)
+        lines += sample_grid_lines(part, t.M, curves_root, records_rel)
     return lines
 
 

@@ -483,6 +483,27 @@ def test_stale_plots_are_removed_and_other_datasets_kept(tmp_path):
     assert not stale.exists() and list((out / "plots" / "toy").glob("*.png"))
 
 
+def test_every_M_section_has_its_per_k_table_not_only_the_largest(tmp_path):
+    """The k plot is drawn at the largest M; the numbers of every M with more than one k are in its section."""
+    lb.write_leaderboards(sweep_records(), tmp_path)
+    page = (tmp_path / "toy.md").read_text()
+    sections = {int(s.split(" ", 1)[0]): s for s in page.split("#### M = ")[1:]}
+    assert sorted(sections) == [2, 3, 4]
+    assert "per number of given modalities k" not in sections[2]  # its only k is the headline's
+
+    def per_k(M):
+        table = sections[M].split("per number of given modalities k", 1)[1].split("\n\n")[1]
+        return [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()]
+
+    # coherence_cond_k<k> = q + 0.05 k + 0.01 seed over seeds 0, 1: mean q + 0.05 k + 0.005, sd 0.007
+    header, _, mvae, shala = per_k(3)
+    assert header == ["model", "seeds", "k = 1", "k = 2"]
+    assert mvae == ["mvae", "2", "0.555 ± 0.007", "0.605 ± 0.007"]
+    assert shala == ["shala", "2", "**0.755 ± 0.007**†", "**0.805 ± 0.007**†"]
+    header, _, shala = per_k(4)  # mvae has no run at M = 4
+    assert header == ["model", "seeds", "k = 1", "k = 2", "k = 3"] and shala[0] == "shala"
+
+
 def test_collect_copies_finished_record_files_only(tmp_path, capsys):
     runs = tmp_path / "runs"
     done, running = rec("mvae", 0, {"coherence_joint": 0.5}), rec("mvae", 1, {}, status="running")
