@@ -704,6 +704,11 @@ def k_curve(fam: pd.DataFrame, catalog: Catalog | None = None) -> tuple[int, Cur
     return None
 
 
+def k_curve_name(cv: Curve) -> str:
+    """What a k_curve shows, in words: balanced where the records have it, else plain."""
+    return ("balanced " if cv.metric.endswith("_bal") else "") + "conditional coherence"
+
+
 def curve_markdown(cv: Curve, xname: str) -> str:
     rows = []
     for model, by_x in cv.cells.items():
@@ -1178,7 +1183,7 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
         lines += [f"#### {what}", "", plot(cv, f"{cv.metric}-vs-M", label, what), "", curve_markdown(cv, "M"), ""]
     if kc:
         M, cv = kc
-        name = ("balanced " if cv.metric.endswith("_bal") else "") + "conditional coherence"
+        name = k_curve_name(cv)
         what = f"{name} ↑ vs k at M = {M}"
         lines += [f"#### {name[0].upper() + name[1:]} vs the number of given modalities k (M = {M}, protocol "
                   f"`{fam.hashes[M][:12]}`)", "",
@@ -1191,8 +1196,8 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
         if got is None or len(got[1].xs) < 2:
             return []
         M, cv = got
-        name = ("Balanced c" if cv.metric.endswith("_bal") else "C") + "onditional coherence"
-        return [f"{name} per number of given modalities k (M = {M}; `{cv.metric}_k<k>`):", "",
+        name = k_curve_name(cv)
+        return [f"{name[0].upper() + name[1:]} per number of given modalities k (M = {M}; `{cv.metric}_k<k>`):", "",
                 curve_markdown(cv, "k"), ""]
 
     def learning(M: int) -> list[str]:
