@@ -845,6 +845,29 @@ def convergence_lines(fr: pd.DataFrame) -> list[str]:
             _github(rows, ["model", "M", "seed", "train samples", "stopped at the budget"]), ""]
 
 
+def grid_lines(fr: pd.DataFrame) -> list[str]:
+    """Which (model, M) cells of a family have records, for which seeds, and what one of them cost to train:
+    the holes of a grid run in pieces stay visible (a table per M shows only what is there), and anyone can
+    plan the rest on their own hardware from measured costs, not estimates."""
+    Ms = sorted(int(M) for M in fr["M"].unique())
+    rows, filled = [], 0
+    for entry, g in fr.groupby("entry", sort=True):
+        row = [entry]
+        for M in Ms:
+            part = g[g["M"] == M]
+            if part.empty:
+                row.append("–")
+                continue
+            filled += 1
+            seeds = ", ".join(str(int(s)) for s in sorted(part["seed"].unique()))
+            h = part["run_train_h"].mean() if "run_train_h" in part else math.nan
+            row.append(f"{seeds} · {h:.2f} h" if math.isfinite(h) else seeds)
+        rows.append(row)
+    return [f"Grid: {filled} of {len(rows) * len(Ms)} (model, M) cells have records — each lists its seeds and "
+            "the mean training hours of one seed (`train h`, on the hardware of the compute line); –: no record "
+            "yet.", "", _github(rows, ["model", *(f"M = {M}" for M in Ms)]), ""]
+
+
 def config_lines(fr: pd.DataFrame) -> list[str]:
     """Each row's config hash and settings, where the records carry them (protocol v2)."""
     if "config_hash" not in fr or not (fr["config_hash"] != "").any():
@@ -1152,6 +1175,7 @@ def family_section(fam: Family, out: Path, plots_rel: str, written: list[Path],
         rows.append([str(M), f"`{h[:12]}`", str(part["model"].nunique()), str(len(part))])
     lines += [_github(rows, ["M", "protocol hash", "models", "records"]), ""]
     lines += convergence_lines(fam.frame)
+    lines += grid_lines(fam.frame)
     lines += config_lines(fam.frame)
     lines += chance_lines(fam.frame)
 

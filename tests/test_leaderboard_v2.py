@@ -170,6 +170,23 @@ def test_a_stage_reused_from_another_run_is_in_the_cells_hours_and_counted_once_
     assert _row(lb.table_markdown(t), "shala-cond")[-1] == "1.50"  # the cell's cost alone: stage 1 included
 
 
+
+def test_the_grid_table_shows_every_hole_and_each_cells_measured_hours():
+    # mopoe has two seeds at M = 2 and nothing at M = 5; mvae one seed at each; one record without timings
+    rs = []
+    for model, seed, M, train_s in [("mopoe", 0, 2, 3600.0), ("mopoe", 1, 2, 5400.0), ("mvae", 0, 2, 1800.0),
+                                    ("mvae", 0, 5, None)]:
+        r = v2rec(model, seed, _m(0.4, 4.0), M=M)
+        if train_s is not None:
+            r.timings = {"train_s": train_s, "eval_s": 0.0}
+        rs.append(r)
+    lines = lb.grid_lines(lb.records_frame(rs))
+    assert lines[0].startswith("Grid: 3 of 4 (model, M) cells have records")
+    table = lines[2]
+    assert _row(table, "mopoe")[1:] == ["0, 1 · 1.25 h", "–"]
+    assert _row(table, "mvae")[1:] == ["0 · 0.50 h", "0"]  # no timings recorded: the seeds alone
+    assert "| model   | M = 2" in table.splitlines()[0]
+
 # ----------------------------------------------------------------- config identity
 def test_rows_of_one_model_under_different_configs_are_separate_and_ranked_together(tmp_path):
     a, b = {"beta": 1.0, "K": 1}, {"beta": 2.5, "K": 1}
