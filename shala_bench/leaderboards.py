@@ -860,7 +860,7 @@ def grid_lines(fr: pd.DataFrame) -> list[str]:
                 continue
             filled += 1
             seeds = ", ".join(str(int(s)) for s in sorted(part["seed"].unique()))
-            h = part["run_train_h"].mean() if "run_train_h" in part else math.nan
+            h = part["run_train_h"].mean()  # NaN when no seed recorded its timings
             row.append(f"{seeds} · {h:.2f} h" if math.isfinite(h) else seeds)
         rows.append(row)
     return [f"Grid: {filled} of {len(rows) * len(Ms)} (model, M) cells have records — each lists its seeds and "

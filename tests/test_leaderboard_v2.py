@@ -170,7 +170,6 @@ def test_a_stage_reused_from_another_run_is_in_the_cells_hours_and_counted_once_
     assert _row(lb.table_markdown(t), "shala-cond")[-1] == "1.50"  # the cell's cost alone: stage 1 included
 
 
-
 def test_the_grid_table_shows_every_hole_and_each_cells_measured_hours():
     # mopoe has two seeds at M = 2 and nothing at M = 5; mvae one seed at each; one record without timings
     rs = []
@@ -186,6 +185,7 @@ def test_the_grid_table_shows_every_hole_and_each_cells_measured_hours():
     assert _row(table, "mopoe")[1:] == ["0, 1 · 1.25 h", "–"]
     assert _row(table, "mvae")[1:] == ["0 · 0.50 h", "0"]  # no timings recorded: the seeds alone
     assert "| model   | M = 2" in table.splitlines()[0]
+
 
 # ----------------------------------------------------------------- config identity
 def test_rows_of_one_model_under_different_configs_are_separate_and_ranked_together(tmp_path):
