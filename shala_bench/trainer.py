@@ -34,6 +34,7 @@ from shala_bench.errors import CheckpointError
 from shala_bench.processes import pid_alive
 from shala_bench.protocol import Protocol
 from shala_bench.results import atomic_write_text, now
+from shala_bench.validation import RECON
 
 CHECKPOINT = "checkpoint.pt"  # the last state, for resume
 BEST = "best.pt"  # the best weights by validation (the same format; the checkpoint a run evaluates)
@@ -100,8 +101,10 @@ class TrainState:
 
 def fresh_early_stopping() -> dict:
     """Early-stopping state of a stage: evaluations so far, the best selection value (and its bound, the
-    tie-break), the step it was reached at, and evaluations since."""
-    return {"evals": 0, "best": None, "best_tiebreak": None, "best_step": None, "since_best": 0}
+    tie-break), the step it was reached at, and evaluations since; for a stage selected on its loss, the
+    reconstruction accuracy of the best weights (validation.RECON; None when not measured)."""
+    return {"evals": 0, "best": None, "best_tiebreak": None, "best_step": None, "since_best": 0,
+            "best_content": None}
 
 
 class Callback:
@@ -644,7 +647,8 @@ class Trainer:
             or (value == e["best"] and math.isfinite(tiebreak) and tiebreak > e["best_tiebreak"]))
         e["evals"] += 1
         if improved:
-            e.update(best=value, best_tiebreak=tiebreak, best_step=self.state.step, since_best=0)
+            e.update(best=value, best_tiebreak=tiebreak, best_step=self.state.step, since_best=0,
+                     best_content=vals.get(RECON))
             self.save(self.best_path)
         else:
             e["since_best"] += 1
@@ -659,11 +663,16 @@ class Trainer:
         return p.min_rel_delta * abs(best) if metric == "val_loss" else p.min_delta
 
     def _at_chance(self, selection: str) -> bool:
-        """Whether the stage's best validation value has not left chance (validation.CHANCE_MARGIN): then a
-        plateau neither stops the stage nor makes it converged."""
+        """Whether the stage's best weights have not left chance (validation.CHANCE_MARGIN): their validation
+        coherence, or for a stage selected on its loss their reconstructions' accuracy; then a plateau neither
+        stops the stage nor makes it converged."""
+        e = self.state.early
         floor = getattr(self.validator, "floor", lambda s: None)(selection)
-        best = self.state.early.get("best")
-        return floor is not None and best is not None and best <= floor
+        if floor is not None:
+            return e.get("best") is not None and e["best"] <= floor
+        floor = getattr(self.validator, "content_floor", lambda s: None)(selection)
+        # checkpoints written before the guard have no best_content: their stage goes on as it would have
+        return floor is not None and e.get("best_content") is not None and e["best_content"] <= floor
 
     def _finish_stage(self, stage: str, budget, metric: str | None, plateau: bool, validating: bool,
                       flops_per_step: float) -> dict:

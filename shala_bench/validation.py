@@ -9,6 +9,10 @@
   generated from each single given modality, mean over the generated modalities and the given one (the test
   metric ``coherence_cond_k1`` / ``coherence_cond_bal_k1`` of shala_bench.metrics.coherence, on validation
   tuples); only when the selection reads it;
+- ``val_recon_bal``: when the stage selects on its loss (a stage that cannot generate yet, e.g. a
+  two-stage model's stage 1) of a single-label dataset: the judges' balanced accuracy on the
+  reconstructions decode(encode(X)) of all M modalities, mean over them. Not a selection metric: the
+  trainer's guard (below) reads it;
 - ``val_selection``: what early stopping maximises: the balanced k = 1 coherence when the stage selects on
   the dataset's metric ("dataset") and the dataset declares "coherence_cond_k1" (DatasetEntry.selection),
   else ``-val_loss`` (a stage's "loss" selection, a dataset's "bound" selection, or M = 1). The trainer breaks
@@ -33,6 +37,11 @@ BATCH = 500
 # started to learn the shared content (the "average image" phase), not a result. 0.05 is ~6 standard errors of
 # a balanced accuracy of 250 tuples x 5 sources at p = 0.1.
 CHANCE_MARGIN = 0.05
+# The same guard for a stage selected on its loss: its reconstructions must leave chance. A loss plateau can
+# come before the decoders use the latent at all: shala-cond's joint stage 1 at M = 8 (seed 0) improved its
+# validation loss by < 0.1 % per evaluation from 230k to 346k samples and stopped there, its reconstructions
+# all judged one class (balanced accuracy 0.100) while a linear probe read the digit off its latent at 0.73.
+RECON = "val_recon_bal"
 
 
 def selection_metric(stage_selection: str, dataset_selection: str, n_modalities: int) -> str:
@@ -68,6 +77,14 @@ class Validator:
             return 1.0 / self.data.spec.n_classes + CHANCE_MARGIN
         return None
 
+    def content_floor(self, stage_selection: str) -> float | None:
+        """For a stage selected on its loss: the reconstruction accuracy (RECON) its best weights must rise above
+        for a plateau to count (chance + CHANCE_MARGIN), or None: a dataset that selects on its bound (or is
+        multi-label; __init__ makes those "bound") has no judges to read the reconstructions."""
+        if self.metric(stage_selection) == "val_loss" and self.dataset_selection == "coherence_cond_k1":
+            return 1.0 / self.data.spec.n_classes + CHANCE_MARGIN
+        return None
+
     def classifiers(self) -> dict:
         """{modality: (classifier, test accuracy)}: trained once and cached (a forked RNG; see get_classifiers)."""
         if self._classifiers is None:
@@ -89,6 +106,8 @@ class Validator:
                 out = {"val_loss": self._loss(model)}
                 if metric != "val_loss":
                     out.update(self._coherence_k1(model))
+                elif self.content_floor(stage_selection) is not None:
+                    out[RECON] = self._reconstruction(model)
         finally:
             model.train(was_training)
         out["val_selection"] = out[metric] if metric != "val_loss" else -out["val_loss"]
@@ -104,6 +123,20 @@ class Validator:
         for x, _ in self._batches():
             total += model.negative_bound(x).double().sum()
         return float(total) / len(self.val)
+
+    def _reconstruction(self, model) -> float:
+        """The judges' balanced accuracy on decode(encode(X)) of all modalities, mean over the modalities."""
+        from shala_bench.metrics.classifiers import classifier_input, predict
+        from shala_bench.metrics.coherence import balanced_accuracy
+
+        spec, clfs, labels = self.data.spec, self.classifiers(), self.val.labels
+        logits: dict[str, list] = {m: [] for m in model.modalities}
+        for x, _ in self._batches():
+            out = model.decode(model.encode(x))
+            for m in model.modalities:
+                logits[m].append(predict(clfs[m][0], classifier_input(spec.modality(m), out[m])))
+        accs = [balanced_accuracy(torch.cat(logits[m]).argmax(1), labels, spec.n_classes) for m in model.modalities]
+        return sum(accs) / len(accs)
 
     def _coherence_k1(self, model) -> dict:
         from shala_bench.metrics.classifiers import classifier_input, predict

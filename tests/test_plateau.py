@@ -83,6 +83,42 @@ def test_a_plateau_at_chance_neither_stops_a_stage_nor_counts_as_converged(tmp_p
     assert scripted.calls == 8 and (s["stop_reason"], s["converged"], s["best_step"]) == ("plateau", True, 10)
 
 
+def test_a_loss_plateau_while_the_reconstructions_are_at_chance_neither_stops_a_stage_nor_converges(tmp_path):
+    """The guard for a stage selected on its loss (shala-cond's stage 1 at M = 8 stopped in the average-image
+    phase): the reconstruction accuracy of its BEST weights must leave chance before a plateau counts."""
+
+    class LossWithRecon(Scripted):  # as Validator for a loss-selected stage: -val_loss and val_recon_bal
+        def __init__(self, losses, recon):
+            super().__init__([-v for v in losses])
+            self.recon = list(recon)
+
+        def metric(self, selection):
+            return "val_loss"
+
+        def content_floor(self, selection):
+            return 0.15
+
+        def __call__(self, model, selection):
+            out = super().__call__(model, selection)
+            return {**out, "val_recon_bal": self.recon[self.calls - 1]}
+
+    flat = [1000, 999.9, 999.8, 999.7, 999.6, 999.5, 999.4, 999.3, 999.2, 999.1]  # < 0.1 % per evaluation
+    # reconstructions at chance: trains to the budget, unconverged (without the guard: stops after 4)
+    v = LossWithRecon(flat, [0.1] * 10)
+    _, tr = train(tmp_path / "a", toy_protocol(patience=3, min_rel_delta=0.001), v)
+    s = tr.state.summaries["vae"]
+    assert v.calls == 10 and (s["stop_reason"], s["converged"]) == ("budget", False)
+    # the current weights' reconstructions leaving chance do not count while the best weights' are at chance
+    v = LossWithRecon(flat, [0.1] + [0.9] * 9)
+    _, tr = train(tmp_path / "b", toy_protocol(patience=3, min_rel_delta=0.001), v)
+    assert v.calls == 10 and tr.state.summaries["vae"]["converged"] is False
+    # best weights above chance: the plateau stops it as before
+    v = LossWithRecon(flat, [0.5] * 10)
+    _, tr = train(tmp_path / "c", toy_protocol(patience=3, min_rel_delta=0.001), v)
+    s = tr.state.summaries["vae"]
+    assert v.calls == 4 and (s["stop_reason"], s["converged"], s["best_step"]) == ("plateau", True, 2)
+
+
 def test_the_best_weights_are_restored_and_kept_in_best_pt(tmp_path):
     snapshots = {}
 
@@ -195,3 +231,31 @@ def test_the_dataset_declares_its_selection_metric():
     assert reg.get_dataset("mimic-cxr").selection == "bound"  # multi-label findings
     with pytest.raises(ValueError, match="selection"):
         DatasetEntry("x", None, "", selection="fid")
+
+
+def test_the_validator_judges_a_loss_selected_stages_reconstructions(tmp_path):
+    """val_recon_bal: the judges' balanced accuracy on decode(encode(X)); the average image is judged one class."""
+    from conftest import build_model
+    from shala_bench.data.spec import to_float
+    from shala_bench.metrics.classifiers import classifier_input, predict
+    from shala_bench.metrics.coherence import balanced_accuracy
+    from shala_bench.registry import get_registry
+    from shala_bench.validation import RECON, Validator
+
+    model = build_model("shala-cond", {"n_modalities": 2}).eval()
+    p = model.protocol
+    data = get_registry().get_dataset("polymnist-synth").loader(p)
+    v = Validator(data, p, cache_dir=tmp_path)
+    assert v.metric("loss") == "val_loss" and v.content_floor("loss") == pytest.approx(0.1 + 0.05)
+    assert v.content_floor("dataset") is None and Validator(data, p, "bound").content_floor("loss") is None
+    assert RECON not in v(model, "dataset")  # a coherence-selected stage is judged on its coherence
+
+    val, clfs = v.val, v.classifiers()
+    x = {m: to_float(val.data[m]) for m in model.modalities}
+    model.decode = lambda z, modalities=None: {m: x[m] for m in model.modalities}  # perfect reconstructions
+    want = sum(balanced_accuracy(predict(clfs[m][0], classifier_input(data.spec.modality(m), x[m])).argmax(1),
+                                 val.labels, data.spec.n_classes) for m in model.modalities) / 2
+    assert v(model, "loss")[RECON] == pytest.approx(want)
+    mean = {m: x[m].mean(0, keepdim=True).expand_as(x[m]) for m in model.modalities}  # the average image
+    model.decode = lambda z, modalities=None: mean
+    assert v(model, "loss")[RECON] <= v.content_floor("loss")
