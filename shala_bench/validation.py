@@ -74,15 +74,18 @@ class Validator:
     def floor(self, stage_selection: str) -> float | None:
         """The selection value a plateau must rise above to count (chance + CHANCE_MARGIN), or None (a bound)."""
         if self.metric(stage_selection) == "val_coherence_cond_bal_k1":
-            return 1.0 / self.data.spec.n_classes + CHANCE_MARGIN
+            return self._chance_floor()
         return None
+
+    def _chance_floor(self) -> float:
+        return 1.0 / self.data.spec.n_classes + CHANCE_MARGIN
 
     def content_floor(self, stage_selection: str) -> float | None:
         """For a stage selected on its loss: the reconstruction accuracy (RECON) its best weights must rise above
         for a plateau to count (chance + CHANCE_MARGIN), or None: a dataset that selects on its bound (or is
         multi-label; __init__ makes those "bound") has no judges to read the reconstructions."""
         if self.metric(stage_selection) == "val_loss" and self.dataset_selection == "coherence_cond_k1":
-            return 1.0 / self.data.spec.n_classes + CHANCE_MARGIN
+            return self._chance_floor()
         return None
 
     def classifiers(self) -> dict:
@@ -124,36 +127,35 @@ class Validator:
             total += model.negative_bound(x).double().sum()
         return float(total) / len(self.val)
 
+    def _judged(self, produce, targets: list[str]) -> dict[str, torch.Tensor]:
+        """The judges' predicted classes of the `targets` that produce(x) makes from each validation batch. {t: (N,)}"""
+        from shala_bench.metrics.classifiers import classifier_input, predict
+
+        spec, clfs = self.data.spec, self.classifiers()
+        logits: dict[str, list] = {t: [] for t in targets}
+        for x, _ in self._batches():
+            out = produce(x)
+            for t in targets:
+                logits[t].append(predict(clfs[t][0], classifier_input(spec.modality(t), out[t])))
+        return {t: torch.cat(v).argmax(1) for t, v in logits.items()}
+
     def _reconstruction(self, model) -> float:
         """The judges' balanced accuracy on decode(encode(X)) of all modalities, mean over the modalities."""
-        from shala_bench.metrics.classifiers import classifier_input, predict
         from shala_bench.metrics.coherence import balanced_accuracy
 
-        spec, clfs, labels = self.data.spec, self.classifiers(), self.val.labels
-        logits: dict[str, list] = {m: [] for m in model.modalities}
-        for x, _ in self._batches():
-            out = model.decode(model.encode(x))
-            for m in model.modalities:
-                logits[m].append(predict(clfs[m][0], classifier_input(spec.modality(m), out[m])))
-        accs = [balanced_accuracy(torch.cat(logits[m]).argmax(1), labels, spec.n_classes) for m in model.modalities]
+        preds = self._judged(lambda x: model.decode(model.encode(x)), list(model.modalities))
+        accs = [balanced_accuracy(q, self.val.labels, self.data.spec.n_classes) for q in preds.values()]
         return sum(accs) / len(accs)
 
     def _coherence_k1(self, model) -> dict:
-        from shala_bench.metrics.classifiers import classifier_input, predict
         from shala_bench.metrics.coherence import balanced_accuracy
 
-        spec, clfs, labels = self.data.spec, self.classifiers(), self.val.labels
-        plain, balanced = [], []
+        labels, plain, balanced = self.val.labels, [], []
         for given in model.modalities:
             targets = [m for m in model.modalities if m != given]
-            logits: dict[str, list] = {t: [] for t in targets}
-            for x, _ in self._batches():
-                out = model.generate({given: x[given]}, targets)
-                for t in targets:
-                    logits[t].append(predict(clfs[t][0], classifier_input(spec.modality(t), out[t])))
-            for t in targets:
-                preds = torch.cat(logits[t]).argmax(1)
-                plain.append(float((preds == labels).float().mean()))
-                balanced.append(balanced_accuracy(preds, labels, spec.n_classes))
+            preds = self._judged(lambda x: model.generate({given: x[given]}, targets), targets)
+            for q in preds.values():
+                plain.append(float((q == labels).float().mean()))
+                balanced.append(balanced_accuracy(q, labels, self.data.spec.n_classes))
         return {"val_coherence_cond_k1": sum(plain) / len(plain),
                 "val_coherence_cond_bal_k1": sum(balanced) / len(balanced)}
