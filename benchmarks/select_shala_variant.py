@@ -34,7 +34,8 @@ Two steps. Test-split numbers are never read by either.
      candidate that passes the guard rails; the winner is the variant
      with the highest score; a tie (within --min-gain, default 0) keeps the incumbent.
    The decision names the variant and its setting: set `SHALA_VARIANT` in plugins/shala.py and
-   that setting as the variant's default, and say both in the `shala` card.
+   that setting as the default of `shala`'s own config (ShaLaChosenConfig: the variant's own default
+   stays, so its records keep their meaning), and say both in the `shala` card.
 
 A validation record (`validation.json`) is one JSON object: kind "shala-validation", split "val",
 model, n_modalities, seed, settings (the grid point), recipe (the run's trained recipe settings but

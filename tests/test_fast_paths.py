@@ -47,7 +47,7 @@ def smoke_data():
 
 
 # parameter counts at M = 3, latent 32 (smoke profile), from the per-modality modules before the speed work
-PARAMS_M3 = {"mvae": 1155273, "mmvae": 1155273, "mopoe": 1155273, "mmvae+": 1745385, "shala": 1886121,
+PARAMS_M3 = {"mvae": 1155273, "mmvae": 1155273, "mopoe": 1155273, "mmvae+": 1745385, "shala-fused": 1886121,
              "shala-noprior": 1176137}
 
 

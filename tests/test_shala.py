@@ -1,4 +1,4 @@
-"""ShaLa and shala-noprior: fused posterior over any subset, two stages, exact resume, ablation."""
+"""shala-fused (the first ShaLa design) and shala-noprior: fused posterior over any subset, two stages, exact resume, ablation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from conftest import smoke_spec
 from shala_bench.data.polymnist_synth import spec_for
 from shala_bench.launch import prepare, run_one
-from shala_bench.plugins.shala import ShaLa, ShaLaVAE, random_subsets
+from shala_bench.plugins.shala import ShaLaFused, ShaLaVAE, random_subsets
 from shala_bench.registry import get_registry
 from shala_bench.trainer import Preempted, Trainer
 from toytrain import stop_before
@@ -31,7 +31,7 @@ def config(name: str, p, **kw):
 
 def shala(M: int):
     p = protocol(M)
-    return ShaLa(spec_for(M), p, config("shala", p))
+    return ShaLaFused(spec_for(M), p, config("shala-fused", p))
 
 
 def images(M: int, B: int = 4) -> dict[str, torch.Tensor]:
@@ -116,7 +116,7 @@ def _train(prep, data, run_dir, stop_at_prior_step=None, resume=False):
 
 
 def test_prior_stage_resume_matches_uninterrupted_run(results):
-    prep = prepare(smoke_spec("shala", results))
+    prep = prepare(smoke_spec("shala-fused", results))
     data = prep.dataset_entry.loader(prep.protocol, None)
     straight, tr = _train(prep, data, results / "straight")
     assert tr.state.completed == ["vae", "prior"]
@@ -153,9 +153,9 @@ def test_noprior_is_stage_one_and_generates_from_the_posterior_mean():
         assert all(torch.equal(s[m], ref[m]) for m in model.modalities)
 
 
-def test_shala_generates_from_the_conditional_diffusion():
+def test_shala_fused_generates_from_the_diffusion_conditioned_on_its_fusion():
     M = 3
-    model = get_registry().get_model("shala").build(spec_for(M), protocol(M)).eval()
+    model = get_registry().get_model("shala-fused").build(spec_for(M), protocol(M)).eval()
     assert model.stages == ("vae", "prior")
     x = images(M)
     with torch.no_grad():
@@ -172,13 +172,13 @@ def test_shala_generates_from_the_conditional_diffusion():
         assert set(model.sample(5)) == set(model.modalities)
 
 
-@pytest.mark.parametrize("name", ["shala", "shala-noprior"])
+@pytest.mark.parametrize("name", ["shala-fused", "shala-noprior"])
 def test_smoke_run_writes_a_record(name, results):
     rec = run_one(smoke_spec(name, results))
     assert rec.ok, rec.status
     saved = json.loads((results / "polymnist-synth" / name / rec.run_id / "record.json").read_text())
     assert "coherence_joint" in saved["metrics"] and "coherence_cond_mean" in saved["metrics"]
-    assert ("train_prior_s" in saved["timings"]) == (name == "shala")
+    assert ("train_prior_s" in saved["timings"]) == (name == "shala-fused")
 
 
 @pytest.mark.parametrize("bad", [{"ddim_eta": 1.5}, {"denoiser_width": 0}, {"cond_dropout": 1.0}])
@@ -192,9 +192,9 @@ def test_config_rejects_bad_shala_settings(bad):
 
 
 def test_ablation_trains_the_same_stage_one(results):
-    """Same seed and protocol: shala-noprior's weights are exactly ShaLa's stage 1, so the
+    """Same seed and protocol: shala-noprior's weights are exactly shala-fused's stage 1, so the
     leaderboard's difference between the two is the diffusion prior and nothing else."""
-    full = prepare(smoke_spec("shala", results))
+    full = prepare(smoke_spec("shala-fused", results))
     data = full.dataset_entry.loader(full.protocol, None)
     shala, _ = _train(full, data, results / "full")
     noprior, _ = _train(prepare(smoke_spec("shala-noprior", results)), data, results / "noprior")

@@ -206,10 +206,15 @@ def test_post_sampler_settings_are_evaluation_settings_and_validated():
             config("shala-post", protocol(3), **bad)
 
 
-def test_shala_is_registered_as_the_fused_design_until_selection():
+def test_shala_is_registered_as_the_variant_chosen_on_validation():
     reg = get_registry()
     assert {"shala", "shala-fused", "shala-cond", "shala-post", "shala-noprior"} <= set(reg.models)
-    assert reg.get_model("shala").factory is reg.get_model("shala-fused").factory
+    # shala-cond at guidance 3 (benchmarks/results/shala_selection), sharing shala-cond's stage 1
+    assert reg.get_model("shala").factory is reg.get_model("shala-cond").factory
+    p = protocol(3)
+    chosen, cond = (reg.get_model(n).resolve(p, {}).config for n in ("shala", "shala-cond"))
+    assert chosen.guidance_scale == 3.0 and cond.guidance_scale == 1.0
+    assert reg.get_model("shala").card.startswith("ShaLa (AAAI 2026) as benchmarked: the learned-condition variant")
     for name in ("shala", "shala-fused", "shala-cond", "shala-post", "shala-noprior"):
         card = reg.get_model(name).card
         assert "J. Cui, Y.-Y. Chen, Y. Zhang, M. Klenk" in card and "pp. 20658-20666" in card, name

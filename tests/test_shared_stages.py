@@ -17,12 +17,13 @@ from toytrain import stop_before
 
 
 def test_only_the_joint_variants_share_a_key():
-    """shala-cond and shala-post: one key for stage 1; shala-fused (modality dropout) and the prior stages: apart."""
+    """shala-cond, shala-post and `shala` (shala-cond at another guidance scale): one key for stage 1; shala-fused
+    (modality dropout) and the prior stages: apart."""
     keys = {}
-    for name in ("shala-cond", "shala-post", "shala-fused"):
+    for name in ("shala-cond", "shala-post", "shala-fused", "shala"):
         model = build_model(name)
         keys[name] = {s: model.stage_share_key(s) for s in model.stages}
-    assert keys["shala-cond"]["vae"] is not None and keys["shala-cond"]["vae"] == keys["shala-post"]["vae"]
+    assert keys["shala-cond"]["vae"] is not None and keys["shala-cond"]["vae"] == keys["shala-post"]["vae"] == keys["shala"]["vae"]
     assert keys["shala-fused"]["vae"] != keys["shala-cond"]["vae"]
     assert all(k["prior"] is None for k in keys.values())
     assert build_model("mmvae").stage_share_key("vae") is None
