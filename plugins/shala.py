@@ -483,8 +483,8 @@ chosen by benchmarks/select_shala_variant.py, never on test numbers; the guidanc
 the same way. The validation records (benchmarks/results/shala_selection; its README has the table)
 cover every variant at M = 2 (seeds 0-2), 5 and 8 (seed 0). `select --ms 2,5,8` picks shala-cond
 with guidance_scale 3: score 0.885 (k = 1: 0.911 / 0.940 / 0.806 at M = 2 / 5 / 8; guidance 2: 0.882,
-guidance 1: 0.814) against shala-fused's best 0.833 (guidance 3) and shala-post's, which cannot
-pass 0.865 at any M = 8 value (0.787 / 0.807 at M = 2 / 5; score 0.749 at post_weight 0.2); both
+guidance 1: 0.814) against shala-fused's best 0.833 (guidance 3) and shala-post's 0.774 (post_weight
+1; it also fails the κ guard rail at M = 8: 0.406 against 0.527 − 0.05); shala-cond passes both
 guard rails passed at every M (κ 0.620 / 0.796 / 0.656 against 0.541 / 0.550 / 0.527; FD 67.5 /
 75.1 / 91.7 against 86.7 / 114 / 102). One seed at M = 5 and 8: a ranking, not a significance claim.
 - [ours] What `shala` is: shala-cond's networks, losses and stage 1 (the stage cache shares it),
