@@ -485,14 +485,15 @@ cover every variant at M = 2 (seeds 0-2), 5 and 8 (seed 0). `select --ms 2,5,8` 
 with guidance_scale 3: score 0.885 (k = 1: 0.911 / 0.940 / 0.806 at M = 2 / 5 / 8; guidance 2: 0.882,
 guidance 1: 0.814) against shala-fused's best 0.833 (guidance 3) and shala-post's 0.774 (post_weight
 1; it also fails the κ guard rail at M = 8: 0.406 against 0.527 − 0.05); shala-cond passes both
-guard rails passed at every M (κ 0.620 / 0.796 / 0.656 against 0.541 / 0.550 / 0.527; FD 67.5 /
-75.1 / 91.7 against 86.7 / 114 / 102). One seed at M = 5 and 8: a ranking, not a significance claim.
+guard rails at every M (κ 0.620 / 0.796 / 0.656 against 0.541 / 0.550 / 0.527; FD 67.5 / 75.1 /
+91.7 against 86.7 / 114 / 102). One seed at M = 5 and 8: a ranking, not a significance claim.
 - [ours] What `shala` is: shala-cond's networks, losses and stage 1 (the stage cache shares it),
   with guidance_scale 3 as its default instead of shala-cond's 1 (ShaLaChosenConfig), so
   shala-cond's records keep their meaning. Its prior stage keeps the weights with the best
-  validation coherence at guidance 3, so it may stop at another point than shala-cond's. shala-noprior stays the ablation of shala-fused's stage
-  1: shala-cond's joint stage 1 has no cross-modal path without its conditional prior (its subset
-  posteriors were never trained), so "shala-cond without diffusion" would measure nothing useful.
+  validation coherence at guidance 3, so it may stop at another point than shala-cond's.
+  shala-noprior stays the ablation of shala-fused's stage 1: shala-cond's joint stage 1 has no
+  cross-modal path without its conditional prior (its subset posteriors were never trained), so
+  "shala-cond without diffusion" would measure nothing useful.
   shala-cond's card follows.
 
 {cond}"""
