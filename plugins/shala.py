@@ -544,11 +544,11 @@ VARIANTS = {"shala-fused": (ShaLaFused, ShaLaPriorConfig), "shala-cond": (ShaLaC
 
 @hookimpl
 def shala_bench_register_models():
-    def entry(name: str, variant: str) -> ModelEntry:
+    def entry(name: str) -> ModelEntry:
         cls, config = {**VARIANTS, "shala-noprior": (ShaLaVAE, ShaLaConfig),
-                       "shala": (VARIANTS[SHALA_VARIANT][0], ShaLaChosenConfig)}[variant]
+                       "shala": (VARIANTS[SHALA_VARIANT][0], ShaLaChosenConfig)}[name]
         defaults = {"smoke": {k: v for k, v in {**SMOKE, "post_steps": 5}.items() if hasattr(config, k)},
                     "quick": {k: v for k, v in QUICK.items() if hasattr(config, k)}}
         return ModelEntry(name, cls, CARDS[name], config=config, config_defaults={k: v for k, v in defaults.items() if v})
 
-    return [entry("shala", "shala")] + [entry(name, name) for name in VARIANTS] + [entry("shala-noprior", "shala-noprior")]
+    return [entry("shala")] + [entry(name) for name in VARIANTS] + [entry("shala-noprior")]
