@@ -544,11 +544,13 @@ VARIANTS = {"shala-fused": (ShaLaFused, ShaLaPriorConfig), "shala-cond": (ShaLaC
 
 @hookimpl
 def shala_bench_register_models():
-    def entry(name: str) -> ModelEntry:
-        cls, config = {**VARIANTS, "shala-noprior": (ShaLaVAE, ShaLaConfig),
-                       "shala": (VARIANTS[SHALA_VARIANT][0], ShaLaChosenConfig)}[name]
+    # registration order: the chosen `shala` first, then its variants, then the ablation
+    models = {"shala": (VARIANTS[SHALA_VARIANT][0], ShaLaChosenConfig), **VARIANTS,
+              "shala-noprior": (ShaLaVAE, ShaLaConfig)}
+
+    def entry(name: str, cls, config) -> ModelEntry:
         defaults = {"smoke": {k: v for k, v in {**SMOKE, "post_steps": 5}.items() if hasattr(config, k)},
                     "quick": {k: v for k, v in QUICK.items() if hasattr(config, k)}}
         return ModelEntry(name, cls, CARDS[name], config=config, config_defaults={k: v for k, v in defaults.items() if v})
 
-    return [entry("shala")] + [entry(name) for name in VARIANTS] + [entry("shala-noprior")]
+    return [entry(name, cls, config) for name, (cls, config) in models.items()]
